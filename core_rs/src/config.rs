@@ -1,0 +1,123 @@
+//! The config snapshot the master pushes to every worker (JSON).
+//!
+//! The Python side (`pygateway/config.py`) validates the user's APISIX-shaped config and flattens it:
+//! services, plugin_configs and `upstream_id` references are already merged into each route here, so the
+//! worker only compiles what it is given.
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Snapshot {
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub routes: Vec<RouteConf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RouteConf {
+    pub id: String,
+    /// `uri` and `uris` merged; `/a/*` is a prefix, `/a/:id` has a parameter segment.
+    #[serde(default)]
+    pub uris: Vec<String>,
+    /// `host` and `hosts` merged; `*.example.com` wildcards allowed.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// CIDRs or plain addresses, v4 or v6.
+    #[serde(default)]
+    pub remote_addrs: Vec<String>,
+    /// APISIX `vars` expression (lua-resty-expr shape), unparsed.
+    #[serde(default)]
+    pub vars: Option<Value>,
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub upstream: Option<UpstreamConf>,
+    /// Route-level timeout; overrides the upstream's.
+    #[serde(default)]
+    pub timeout: Option<TimeoutConf>,
+    /// Native (Rust) plugin configs by name, e.g. `limit-req`, `limit-count`.
+    #[serde(default)]
+    pub plugins: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConf {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(rename = "type", default = "default_lb")]
+    pub lb_type: String,
+    #[serde(default)]
+    pub nodes: Vec<NodeConf>,
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    #[serde(default = "default_pass_host")]
+    pub pass_host: String,
+    #[serde(default)]
+    pub upstream_host: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<TimeoutConf>,
+    /// Extra tries on connection failure for idempotent requests; `None` = number of nodes - 1.
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// chash only: `vars` | `header` | `cookie` | `consumer` | `vars_combinations`.
+    #[serde(default = "default_hash_on")]
+    pub hash_on: String,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeConf {
+    pub host: String,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// Seconds, as in APISIX.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct TimeoutConf {
+    #[serde(default = "default_connect")]
+    pub connect: f64,
+    #[serde(default = "default_rw")]
+    pub send: f64,
+    #[serde(default = "default_rw")]
+    pub read: f64,
+}
+
+impl Default for TimeoutConf {
+    fn default() -> Self {
+        TimeoutConf {
+            connect: default_connect(),
+            send: default_rw(),
+            read: default_rw(),
+        }
+    }
+}
+
+fn default_lb() -> String {
+    "roundrobin".into()
+}
+fn default_scheme() -> String {
+    "http".into()
+}
+fn default_pass_host() -> String {
+    "pass".into()
+}
+fn default_hash_on() -> String {
+    "vars".into()
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_connect() -> f64 {
+    5.0
+}
+fn default_rw() -> f64 {
+    15.0
+}

@@ -1,0 +1,103 @@
+//! One body type for everything the gateway sends: its own short responses, streamed upstream
+//! bodies, and streams that pass through a Python `body_filter`.
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Transforms data chunks of a streamed body (the Python `body_filter` chain implements it).
+pub trait ChunkFilter: Send {
+    fn filter(&mut self, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError>;
+}
+
+pub enum GwBody {
+    Full(Full<Bytes>),
+    Stream(Incoming),
+    Filtered {
+        inner: Incoming,
+        filter: Box<dyn ChunkFilter + Send>,
+        done: bool,
+    },
+    /// Runs a hook once the body is finished or dropped (the `log` phase: after the response is sent).
+    Hooked(Box<GwBody>, DropHook),
+}
+
+pub struct DropHook(pub Option<Box<dyn FnOnce() + Send>>);
+
+impl Drop for DropHook {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl GwBody {
+    pub fn full(b: impl Into<Bytes>) -> GwBody {
+        GwBody::Full(Full::new(b.into()))
+    }
+    pub fn empty() -> GwBody {
+        GwBody::Full(Full::new(Bytes::new()))
+    }
+}
+
+impl Body for GwBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            GwBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            GwBody::Filtered { inner, filter, done } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                match Pin::new(inner).poll_frame(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            let out = filter.filter(data, false)?;
+                            Poll::Ready(Some(Ok(Frame::data(out))))
+                        }
+                        // Trailers pass through untouched.
+                        Err(frame) => Poll::Ready(Some(Ok(frame))),
+                    },
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => {
+                        *done = true;
+                        let out = filter.filter(Bytes::new(), true)?;
+                        if out.is_empty() {
+                            Poll::Ready(None)
+                        } else {
+                            Poll::Ready(Some(Ok(Frame::data(out))))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GwBody::Full(b) => b.is_end_stream(),
+            GwBody::Stream(b) => b.is_end_stream(),
+            GwBody::Filtered { done, .. } => *done,
+            GwBody::Hooked(b, _) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GwBody::Full(b) => b.size_hint(),
+            GwBody::Stream(b) => b.size_hint(),
+            // A filter may change the length: no exact hint.
+            GwBody::Filtered { .. } => SizeHint::default(),
+            GwBody::Hooked(b, _) => b.size_hint(),
+        }
+    }
+}

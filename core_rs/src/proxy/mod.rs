@@ -1,0 +1,499 @@
+//! The request path of one worker: checks → normalize → route → plugins → upstream → response.
+pub mod body;
+pub mod lb;
+pub mod normalize;
+pub mod table;
+pub mod upstream;
+pub mod vars;
+
+use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
+use arc_swap::ArcSwap;
+use body::{DropHook, GwBody};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use table::{CompiledRoute, HashOn, LimitKey, PassHost, RouteTable, Upstream};
+use vars::ReqVars;
+
+/// Per-worker state shared by every connection of the worker's (single) I/O thread.
+pub struct Shared {
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub shm: Arc<ShmTable>,
+    /// Python callable `submit(coro, waker)` that runs async hooks on the worker's asyncio loop.
+    pub submit: Option<Arc<PyObj<pyo3::PyAny>>>,
+    pub max_uri_len: usize,
+}
+
+/// A short JSON error made by the gateway.
+pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
+    let body = format!("{{\"error_msg\":{}}}", serde_json::Value::String(msg.into()));
+    let mut r = Response::new(GwBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn short(resp: ShortResponse) -> Response<GwBody> {
+    let mut r = Response::new(GwBody::full(resp.body));
+    *r.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    host::apply_headers(r.headers_mut(), &resp.headers);
+    r
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.get(header::CONNECTION) {
+        let named: Vec<String> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for n in named {
+            h.remove(n.as_str());
+        }
+    }
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+}
+
+/// Request-smuggling and framing checks hyper does not make: refuse anything ambiguous.
+fn framing_error(h: &HeaderMap) -> Option<&'static str> {
+    let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cls > 1 {
+        return Some("multiple Content-Length headers");
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) {
+        if cls > 0 {
+            return Some("both Content-Length and Transfer-Encoding");
+        }
+        let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+        if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Some("unsupported Transfer-Encoding");
+        }
+    }
+    None
+}
+
+fn host_of(req: &Request<Incoming>) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    // Strip the port (keep IPv6 brackets' content intact).
+    let hostpart = if raw.starts_with('[') {
+        raw.split(']').next().map(|s| &s[1..]).unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
+    };
+    hostpart.to_ascii_lowercase()
+}
+
+fn limit_key<'a>(k: &LimitKey, vars: &'a ReqVars<'a>) -> Option<std::borrow::Cow<'a, str>> {
+    use crate::router::VarSource;
+    match k {
+        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(vars.remote.to_string())),
+        LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
+        LimitKey::Header(h) => vars.headers.get(h.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes())),
+        LimitKey::Var(name) => vars.var(name),
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// Everything needed to build the upstream request, after plugins have had their say.
+struct Outgoing {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    consumer: Option<String>,
+    node_override: Option<(String, u16)>,
+}
+
+pub async fn handle(shared: Rc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<GwBody> {
+    if let Some(why) = framing_error(req.headers()) {
+        return with_close(error_response(StatusCode::BAD_REQUEST, why));
+    }
+    let uri_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    if uri_len > shared.max_uri_len {
+        return with_close(error_response(StatusCode::URI_TOO_LONG, "request URI too long"));
+    }
+    let path = match normalize::normalize_path(req.uri().path()) {
+        Ok(p) => p.into_owned(),
+        Err(e) => return with_close(error_response(StatusCode::BAD_REQUEST, e.message())),
+    };
+    let host = host_of(&req);
+    let remote = match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let table = shared.table.load_full();
+    let route_idx = {
+        let vars = ReqVars {
+            headers: req.headers(),
+            query: req.uri().query(),
+            path: &path,
+            host: &host,
+            method: req.method().as_str(),
+            remote,
+            scheme: "http",
+            consumer: None,
+        };
+        let input = crate::router::MatchInput {
+            path: &path,
+            host: &host,
+            method: req.method().as_str(),
+            remote_addr: remote,
+            vars: &vars,
+        };
+        table.router.find(&input)
+    };
+    let Some(idx) = route_idx else {
+        return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
+    };
+    let route = &table.routes[idx];
+    let (parts, body) = req.into_parts();
+    let query = parts.uri.query().map(str::to_string);
+    let orig_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let mut preq: Option<PyReq> = None;
+    let mut out = Outgoing {
+        method: parts.method,
+        path,
+        query,
+        headers: parts.headers,
+        consumer: None,
+        node_override: None,
+    };
+
+    // Python request phases: rewrite, access (before native limiters so auth sets the consumer).
+    if let (Some(chain), Some(submit)) = (&route.chain, &shared.submit) {
+        let p = chain.begin(ReqInfo {
+            method: out.method.clone(),
+            path: std::mem::take(&mut out.path),
+            query: out.query.take(),
+            headers: std::mem::take(&mut out.headers),
+            client_ip: remote,
+            client_port: peer.port(),
+            host: host.clone(),
+            scheme: "http",
+            route_id: route.id.clone(),
+        });
+        for phase in [host::REWRITE, host::ACCESS] {
+            if chain.has(phase) {
+                if let Flow::Respond(r) = chain.request_phase(submit, &p, phase).await {
+                    return finish_short(chain, p, r);
+                }
+            }
+        }
+        preq = Some(p);
+        sync_outgoing(&mut out, preq.as_ref().expect("set above"));
+    }
+
+    // Native limiters (shared-memory state, exact across workers).
+    let mut quota: Option<(u64, u64, u64)> = None;
+    if route.limit_count.is_some() || route.limit_req.is_some() {
+        let vars = ReqVars {
+            headers: &out.headers,
+            query: out.query.as_deref(),
+            path: &out.path,
+            host: &host,
+            method: out.method.as_str(),
+            remote,
+            scheme: "http",
+            consumer: out.consumer.as_deref(),
+        };
+        if let Some(lc) = &route.limit_count {
+            if let Some(k) = limit_key(&lc.key, &vars) {
+                let d = shared.shm.fixed_window(
+                    lc.seed ^ key_hash(&[k.as_bytes()]),
+                    lc.count,
+                    lc.window_ns,
+                    monotonic_ns(),
+                );
+                if !d.allowed {
+                    let mut r = rejected(lc.rejected_code, lc.rejected_msg.as_deref());
+                    if lc.show_headers {
+                        quota_headers(r.headers_mut(), lc.count, 0, d.reset_ns.div_ceil(1_000_000_000));
+                    }
+                    return finish_resp(route, preq, r);
+                }
+                if lc.show_headers {
+                    quota = Some((lc.count, d.remaining, d.reset_ns.div_ceil(1_000_000_000)));
+                }
+            }
+        }
+        if let Some(lr) = &route.limit_req {
+            if let Some(k) = limit_key(&lr.key, &vars) {
+                match shared
+                    .shm
+                    .gcra(lr.seed ^ key_hash(&[k.as_bytes()]), lr.rate, lr.burst, monotonic_ns())
+                {
+                    Err(()) => {
+                        let r = rejected(lr.rejected_code, lr.rejected_msg.as_deref());
+                        return finish_resp(route, preq, r);
+                    }
+                    Ok(delay) if delay > 0 && !lr.nodelay => {
+                        tokio::time::sleep(std::time::Duration::from_nanos(delay)).await;
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+
+    if let (Some(chain), Some(p), Some(submit)) = (&route.chain, &preq, &shared.submit) {
+        if chain.has(host::BEFORE_PROXY) {
+            if let Flow::Respond(r) = chain.request_phase(submit, p, host::BEFORE_PROXY).await {
+                let preq = preq.expect("checked");
+                return finish_short(chain, preq, r);
+            }
+            sync_outgoing(&mut out, p);
+        }
+    }
+
+    let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host).await;
+    let mut resp = resp;
+    if let Some((limit, remaining, reset)) = quota {
+        quota_headers(resp.headers_mut(), limit, remaining, reset);
+    }
+    finish_resp(route, preq, resp)
+}
+
+/// Copy what the request phases changed back into the outgoing request.
+fn sync_outgoing(out: &mut Outgoing, p: &PyReq) {
+    let o = PyChain::outcome(p);
+    out.method = o.state.method;
+    out.path = o.state.path;
+    out.query = o.state.query;
+    out.consumer = o.state.consumer;
+    out.node_override = o.state.upstream;
+    out.headers = o.headers;
+}
+
+fn rejected(code: u16, msg: Option<&str>) -> Response<GwBody> {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    match msg {
+        Some(m) => error_response(status, m),
+        None => {
+            let mut r = error_response(status, status.canonical_reason().unwrap_or("rejected"));
+            *r.status_mut() = status;
+            r
+        }
+    }
+}
+
+fn quota_headers(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+}
+
+fn finish_short(chain: &Arc<PyChain>, preq: PyReq, r: ShortResponse) -> Response<GwBody> {
+    finish_with_chain(chain, preq, short(r))
+}
+
+fn finish_resp(route: &CompiledRoute, preq: Option<PyReq>, resp: Response<GwBody>) -> Response<GwBody> {
+    match (&route.chain, preq) {
+        (Some(chain), Some(p)) => finish_with_chain(chain, p, resp),
+        _ => resp,
+    }
+}
+
+/// Response phases: header_filter, body_filter (streamed), log (when the body is done).
+fn finish_with_chain(chain: &Arc<PyChain>, mut preq: PyReq, resp: Response<GwBody>) -> Response<GwBody> {
+    let (mut parts, body) = resp.into_parts();
+    let mut status = parts.status.as_u16();
+    if let Some(err) = chain.header_filter(&mut preq, &mut status, &mut parts.headers) {
+        return short(err);
+    }
+    parts.status = StatusCode::from_u16(status).unwrap_or(parts.status);
+    let preq = Arc::new(preq);
+    let mut body = body;
+    if chain.has(host::BODY_FILTER) {
+        body = match body {
+            GwBody::Stream(inner) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                GwBody::Filtered {
+                    inner,
+                    filter: Box::new(PyBodyFilter {
+                        chain: chain.clone(),
+                        preq: preq.clone(),
+                    }),
+                    done: false,
+                }
+            }
+            other => other,
+        };
+    }
+    if chain.has(host::LOG) {
+        let chain = chain.clone();
+        let preq = preq.clone();
+        body = GwBody::Hooked(Box::new(body), DropHook(Some(Box::new(move || chain.log(&preq)))));
+    }
+    Response::from_parts(parts, body)
+}
+
+fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<Vec<u8>> {
+    use crate::router::VarSource;
+    let vars = ReqVars {
+        headers: &out.headers,
+        query: out.query.as_deref(),
+        path: &out.path,
+        host,
+        method: out.method.as_str(),
+        remote,
+        scheme: "http",
+        consumer: out.consumer.as_deref(),
+    };
+    match &u.hash_on {
+        HashOn::None => None,
+        HashOn::Var(v) => vars.var(v).map(|s| s.as_bytes().to_vec()),
+        HashOn::Header(h) => out.headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
+        HashOn::Cookie(c) => vars::cookie(&out.headers, c).map(|s| s.as_bytes().to_vec()),
+        HashOn::Consumer => out.consumer.as_ref().map(|s| s.as_bytes().to_vec()),
+    }
+}
+
+async fn proxy_to_upstream(
+    route: &CompiledRoute,
+    mut out: Outgoing,
+    body: Incoming,
+    remote: IpAddr,
+    host: &str,
+    orig_host: Option<HeaderValue>,
+) -> Response<GwBody> {
+    let u = &route.upstream;
+    strip_hop_by_hop(&mut out.headers);
+    // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
+    let xff = match out.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {remote}"),
+        None => remote.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        out.headers.insert("x-forwarded-for", v);
+    }
+    out.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(h) = &orig_host {
+        out.headers.insert("x-forwarded-host", h.clone());
+    }
+    let path_q = match &out.query {
+        Some(q) => format!("{}?{}", out.path, q),
+        None => out.path.clone(),
+    };
+    let scheme = if u.https { "https" } else { "http" };
+    let client = upstream::client_for(route.connect_timeout);
+    let bodyless = hyper::body::Body::is_end_stream(&body);
+    let can_retry = bodyless && is_idempotent(&out.method);
+    let hkey = hash_key(u, &out, host, remote);
+    let mut body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    loop {
+        let (authority, node_idx) = match &out.node_override {
+            Some((h, p)) => {
+                let h = if h.contains(':') && !h.starts_with('[') { format!("[{h}]") } else { h.clone() };
+                match HeaderValue::from_str(&format!("{h}:{p}")) {
+                    Ok(a) => (a, None),
+                    Err(_) => return error_response(StatusCode::BAD_GATEWAY, "invalid upstream node set by plugin"),
+                }
+            }
+            None => match u.balancer.pick(hkey.as_deref(), &tried) {
+                Some(i) => (u.nodes[i].authority.clone(), Some(i)),
+                None => return error_response(StatusCode::BAD_GATEWAY, "no upstream node available"),
+            },
+        };
+        let uri: Uri = match format!("{scheme}://{}{}", authority.to_str().unwrap_or(""), path_q).parse() {
+            Ok(u) => u,
+            Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request URI"),
+        };
+        let mut headers = if can_retry { out.headers.clone() } else { std::mem::take(&mut out.headers) };
+        let host_value = match &u.pass_host {
+            PassHost::Pass => orig_host.clone(),
+            PassHost::Node => Some(authority.clone()),
+            PassHost::Rewrite(h) => Some(h.clone()),
+        };
+        match host_value {
+            Some(h) => {
+                headers.insert(header::HOST, h);
+            }
+            None => {
+                headers.insert(header::HOST, authority.clone());
+            }
+        }
+        let req_body = match body.take() {
+            Some(b) if !bodyless => GwBody::Stream(b),
+            _ => GwBody::empty(),
+        };
+        let mut up_req = Request::new(req_body);
+        *up_req.method_mut() = out.method.clone();
+        *up_req.uri_mut() = uri;
+        *up_req.headers_mut() = headers;
+        if let Some(i) = node_idx {
+            u.balancer.on_start(i);
+        }
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(route.read_timeout, client.request(up_req)).await;
+        if let Some(i) = node_idx {
+            u.balancer.on_finish(i, started.elapsed().as_nanos() as u64);
+        }
+        match result {
+            Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+            Ok(Ok(resp)) => {
+                let (mut parts, inc) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, GwBody::Stream(inc));
+            }
+            Ok(Err(e)) => {
+                let connect_failed = upstream::is_connect_error(&e);
+                if connect_failed && upstream::is_timeout(&e) && !(can_retry && more_tries(u, &tried, node_idx)) {
+                    return error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out");
+                }
+                if connect_failed && can_retry && out.node_override.is_none() {
+                    if let Some(i) = node_idx {
+                        tried.push(i);
+                        if tried.len() <= u.retries {
+                            continue;
+                        }
+                    }
+                }
+                return error_response(StatusCode::BAD_GATEWAY, "upstream unavailable");
+            }
+        }
+    }
+}
+
+fn more_tries(u: &Upstream, tried: &[usize], node: Option<usize>) -> bool {
+    node.is_some() && tried.len() < u.retries
+}

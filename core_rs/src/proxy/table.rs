@@ -1,0 +1,307 @@
+//! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
+//! published atomically (arc-swap), so a config change never blocks or fails a request.
+use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::limit::key_hash;
+use crate::proxy::lb::{Balancer, LbKind};
+use crate::py::host::PyChain;
+use crate::router::{RouteSpec, Router};
+use http::HeaderValue;
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct RouteTable {
+    pub version: u64,
+    pub router: Router,
+    pub routes: Vec<CompiledRoute>,
+}
+
+pub struct CompiledRoute {
+    pub id: Arc<str>,
+    pub upstream: Arc<Upstream>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub limit_req: Option<LimitReq>,
+    pub limit_count: Option<LimitCount>,
+    pub chain: Option<Arc<PyChain>>,
+}
+
+pub struct Upstream {
+    pub nodes: Vec<Node>,
+    pub balancer: Balancer,
+    pub https: bool,
+    pub pass_host: PassHost,
+    pub retries: usize,
+    pub hash_on: HashOn,
+}
+
+pub struct Node {
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as a Host header value (pass_host: node) and URI authority.
+    pub authority: HeaderValue,
+}
+
+pub enum PassHost {
+    Pass,
+    Node,
+    Rewrite(HeaderValue),
+}
+
+/// What chash hashes on (APISIX `hash_on` + `key`).
+pub enum HashOn {
+    None,
+    Var(String),
+    Header(String),
+    Cookie(String),
+    Consumer,
+}
+
+/// Where a limiter's key comes from (APISIX `key_type: var` with `key`).
+#[derive(Clone)]
+pub enum LimitKey {
+    RemoteAddr,
+    ConsumerName,
+    Header(String),
+    Var(String),
+}
+
+pub struct LimitReq {
+    pub rate: f64,
+    pub burst: f64,
+    pub key: LimitKey,
+    pub rejected_code: u16,
+    pub rejected_msg: Option<String>,
+    pub nodelay: bool,
+    pub seed: u64,
+}
+
+pub struct LimitCount {
+    pub count: u64,
+    pub window_ns: u64,
+    pub window_secs: u64,
+    pub key: LimitKey,
+    pub rejected_code: u16,
+    pub rejected_msg: Option<String>,
+    pub show_headers: bool,
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub struct CompileError(pub String);
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.001))
+}
+
+fn parse_key(key: &str) -> LimitKey {
+    match key {
+        "remote_addr" => LimitKey::RemoteAddr,
+        "consumer_name" => LimitKey::ConsumerName,
+        k if k.starts_with("http_") => LimitKey::Header(k[5..].replace('_', "-").to_ascii_lowercase()),
+        k => LimitKey::Var(k.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LimitReqConf {
+    rate: f64,
+    burst: f64,
+    #[serde(default = "default_key")]
+    key: String,
+    #[serde(default = "default_rejected")]
+    rejected_code: u16,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default)]
+    nodelay: bool,
+}
+
+#[derive(Deserialize)]
+struct LimitCountConf {
+    count: u64,
+    time_window: u64,
+    #[serde(default = "default_key")]
+    key: String,
+    #[serde(default = "default_rejected")]
+    rejected_code: u16,
+    #[serde(default)]
+    rejected_msg: Option<String>,
+    #[serde(default = "default_true")]
+    show_limit_quota_header: bool,
+}
+
+fn default_key() -> String {
+    "remote_addr".into()
+}
+fn default_rejected() -> u16 {
+    503
+}
+fn default_true() -> bool {
+    true
+}
+
+fn plugin_conf<T: for<'de> Deserialize<'de>>(route: &RouteConf, name: &str) -> Result<Option<T>, CompileError> {
+    match route.plugins.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| CompileError(format!("routes[{}].plugins.{name}: {e}", route.id))),
+    }
+}
+
+fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
+    let err = |field: &str, msg: String| CompileError(format!("routes[{route_id}].upstream.{field}: {msg}"));
+    let kind = LbKind::parse(&u.lb_type).ok_or_else(|| err("type", format!("unknown balancer {:?}", u.lb_type)))?;
+    let mut nodes = Vec::with_capacity(u.nodes.len());
+    for n in &u.nodes {
+        let host = if n.host.contains(':') && !n.host.starts_with('[') {
+            format!("[{}]", n.host) // IPv6 literal in an authority
+        } else {
+            n.host.clone()
+        };
+        let authority = HeaderValue::from_str(&format!("{host}:{}", n.port))
+            .map_err(|_| err("nodes", format!("invalid host {:?}", n.host)))?;
+        nodes.push(Node { host, port: n.port, authority });
+    }
+    if nodes.is_empty() {
+        return Err(err("nodes", "at least one node is required".into()));
+    }
+    let weights: Vec<u32> = u.nodes.iter().map(|n| n.weight).collect();
+    let pass_host = match u.pass_host.as_str() {
+        "pass" => PassHost::Pass,
+        "node" => PassHost::Node,
+        "rewrite" => {
+            let h = u.upstream_host.as_deref().unwrap_or("");
+            PassHost::Rewrite(HeaderValue::from_str(h).map_err(|_| err("upstream_host", "invalid host".into()))?)
+        }
+        other => return Err(err("pass_host", format!("unknown value {other:?}"))),
+    };
+    let https = match u.scheme.as_str() {
+        "http" => false,
+        "https" => true,
+        other => return Err(err("scheme", format!("unsupported scheme {other:?}"))),
+    };
+    let key = u.key.clone().unwrap_or_default();
+    let hash_on = match (kind_is_chash(&u.lb_type), u.hash_on.as_str()) {
+        (false, _) => HashOn::None,
+        (true, "vars") => HashOn::Var(if key.is_empty() { "remote_addr".into() } else { key }),
+        (true, "header") => HashOn::Header(key.to_ascii_lowercase()),
+        (true, "cookie") => HashOn::Cookie(key),
+        (true, "consumer") => HashOn::Consumer,
+        (true, other) => return Err(err("hash_on", format!("unsupported value {other:?}"))),
+    };
+    let retries = u.retries.map(|r| r as usize).unwrap_or(nodes.len().saturating_sub(1));
+    Ok(Upstream {
+        balancer: Balancer::new(kind, &weights),
+        nodes,
+        https,
+        pass_host,
+        retries,
+        hash_on,
+    })
+}
+
+fn kind_is_chash(t: &str) -> bool {
+    t == "chash"
+}
+
+fn compile_route(r: &RouteConf, chain: Option<Arc<PyChain>>) -> Result<CompiledRoute, CompileError> {
+    let u = r
+        .upstream
+        .as_ref()
+        .ok_or_else(|| CompileError(format!("routes[{}].upstream: required", r.id)))?;
+    let upstream = compile_upstream(&r.id, u)?;
+    let t: TimeoutConf = r.timeout.or(u.timeout).unwrap_or_default();
+    let seed = key_hash(&[r.id.as_bytes()]);
+    let limit_req = plugin_conf::<LimitReqConf>(r, "limit-req")?.map(|c| LimitReq {
+        rate: c.rate,
+        burst: c.burst,
+        key: parse_key(&c.key),
+        rejected_code: c.rejected_code,
+        rejected_msg: c.rejected_msg,
+        nodelay: c.nodelay,
+        seed: seed ^ 0x6c72,
+    });
+    let limit_count = plugin_conf::<LimitCountConf>(r, "limit-count")?.map(|c| LimitCount {
+        count: c.count,
+        window_ns: c.time_window.saturating_mul(1_000_000_000),
+        window_secs: c.time_window,
+        key: parse_key(&c.key),
+        rejected_code: c.rejected_code,
+        rejected_msg: c.rejected_msg,
+        show_headers: c.show_limit_quota_header,
+        seed: seed ^ 0x6c63,
+    });
+    if let Some(l) = &limit_req {
+        if l.rate <= 0.0 || l.burst < 0.0 {
+            return Err(CompileError(format!("routes[{}].plugins.limit-req.rate: must be > 0", r.id)));
+        }
+    }
+    if let Some(l) = &limit_count {
+        if l.count == 0 || l.window_ns == 0 {
+            return Err(CompileError(format!(
+                "routes[{}].plugins.limit-count.count: count and time_window must be > 0",
+                r.id
+            )));
+        }
+    }
+    Ok(CompiledRoute {
+        id: Arc::from(r.id.as_str()),
+        upstream: Arc::new(upstream),
+        connect_timeout: secs(t.connect),
+        read_timeout: secs(t.read),
+        limit_req,
+        limit_count,
+        chain,
+    })
+}
+
+impl RouteTable {
+    pub fn empty() -> RouteTable {
+        RouteTable {
+            version: 0,
+            router: Router::build(&[]).expect("empty router"),
+            routes: Vec::new(),
+        }
+    }
+
+    /// `chain_for(route_id)` gives the route's Python plugin chain (global rules' plugins first), if any.
+    pub fn compile(
+        snap: &Snapshot,
+        mut chain_for: impl FnMut(&str) -> Option<Arc<PyChain>>,
+    ) -> Result<RouteTable, CompileError> {
+        let specs: Vec<RouteSpec> = snap
+            .routes
+            .iter()
+            .map(|r| RouteSpec {
+                uris: r.uris.clone(),
+                hosts: r.hosts.clone(),
+                methods: r.methods.clone(),
+                remote_addrs: r.remote_addrs.clone(),
+                vars: r.vars.clone(),
+                priority: r.priority,
+            })
+            .collect();
+        let router = Router::build(&specs).map_err(|e| {
+            let id = snap.routes.get(e.route).map(|r| r.id.as_str()).unwrap_or("?");
+            CompileError(format!("routes[{id}].{}: {}", e.field, e.message))
+        })?;
+        let mut routes = Vec::with_capacity(snap.routes.len());
+        for r in &snap.routes {
+            routes.push(compile_route(r, chain_for(&r.id))?);
+        }
+        Ok(RouteTable {
+            version: snap.version,
+            router,
+            routes,
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! Calling a route's Python plugin chain from the I/O thread.
+//!
+//! The chain is a `pygateway.host.Chain`: one Python call per phase runs every plugin of that phase
+//! (and catches their exceptions), so a request crosses the FFI boundary once per phase, not per plugin.
+//! Async phases are handed to the worker's asyncio loop thread and awaited through a oneshot channel;
+//! the I/O thread keeps serving other requests meanwhile.
+use crate::proxy::body::{BoxError, ChunkFilter};
+use crate::py::views::{lock_state, lock_status, response_parts, PyHeaders, PyRequest, PyResponseView, ReqState};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+pub const REWRITE: u8 = 0;
+pub const ACCESS: u8 = 1;
+pub const BEFORE_PROXY: u8 = 2;
+pub const HEADER_FILTER: u8 = 3;
+pub const BODY_FILTER: u8 = 4;
+pub const LOG: u8 = 5;
+
+/// A Python object that may be dropped while detached from the interpreter (we build with
+/// `pyo3_disable_reference_pool`, so a bare `Py<T>` must only be dropped while attached).
+pub struct PyObj<T>(Option<Py<T>>);
+
+impl<T> PyObj<T> {
+    pub fn new(o: Py<T>) -> Self {
+        PyObj(Some(o))
+    }
+    pub fn get(&self) -> &Py<T> {
+        self.0.as_ref().expect("present until drop")
+    }
+}
+
+impl<T> Drop for PyObj<T> {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            Python::attach(move |_| drop(o));
+        }
+    }
+}
+
+pub struct PyChain {
+    obj: PyObj<PyAny>,
+    phases: u8,
+    async_phases: u8,
+}
+
+/// A gateway-made response (status, headers, body).
+pub struct ShortResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+pub enum Flow {
+    Continue,
+    Respond(ShortResponse),
+}
+
+/// A request's Python side: the view object and the per-request `ctx` dict.
+pub struct PyReq {
+    req: PyObj<PyRequest>,
+    ctx: PyObj<PyDict>,
+    resp: Option<PyObj<PyResponseView>>,
+}
+
+/// What plugins changed, applied by the proxy after the request phases.
+pub struct ReqOutcome {
+    pub state: ReqState,
+    pub headers: HeaderMap,
+}
+
+pub struct ReqInfo {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub client_ip: IpAddr,
+    pub client_port: u16,
+    pub host: String,
+    pub scheme: &'static str,
+    pub route_id: Arc<str>,
+}
+
+fn internal_error(what: &str) -> ShortResponse {
+    ShortResponse {
+        status: 500,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: format!("{{\"error_msg\":\"{what}\"}}").into_bytes(),
+    }
+}
+
+fn log_py_error(py: Python<'_>, err: PyErr, what: &str) {
+    eprintln!("pygateway: error in {what}:");
+    err.print(py);
+}
+
+impl PyChain {
+    pub fn new(py: Python<'_>, obj: Py<PyAny>) -> PyResult<PyChain> {
+        let b = obj.bind(py);
+        let phases: u8 = b.getattr("phases")?.extract()?;
+        let async_phases: u8 = b.getattr("async_phases")?.extract()?;
+        Ok(PyChain {
+            obj: PyObj::new(obj),
+            phases,
+            async_phases,
+        })
+    }
+
+    pub fn has(&self, phase: u8) -> bool {
+        self.phases & (1 << phase) != 0
+    }
+
+    pub fn begin(&self, info: ReqInfo) -> PyReq {
+        Python::attach(|py| {
+            let headers = Py::new(py, PyHeaders::new(info.headers)).expect("alloc Headers");
+            let req = PyRequest {
+                state: Mutex::new(ReqState {
+                    method: info.method,
+                    path: info.path,
+                    query: info.query,
+                    consumer: None,
+                    upstream: None,
+                }),
+                headers,
+                client_ip: info.client_ip,
+                client_port: info.client_port,
+                host: info.host,
+                scheme: info.scheme,
+                route_id: info.route_id,
+            };
+            PyReq {
+                req: PyObj::new(Py::new(py, req).expect("alloc Request")),
+                ctx: PyObj::new(PyDict::new(py).unbind()),
+                resp: None,
+            }
+        })
+    }
+
+    /// Run one request phase (`rewrite`, `access`, `before_proxy`).
+    pub async fn request_phase(&self, submit: &PyObj<PyAny>, preq: &PyReq, phase: u8) -> Flow {
+        if self.async_phases & (1 << phase) == 0 {
+            return Python::attach(|py| {
+                let r = self
+                    .obj
+                    .get()
+                    .bind(py)
+                    .call_method1("run", (phase, preq.req.get().clone_ref(py), preq.ctx.get().clone_ref(py)));
+                Self::flow(py, r)
+            });
+        }
+        let (tx, rx) = oneshot::channel::<PyObj<PyAny>>();
+        let submitted = Python::attach(|py| -> PyResult<()> {
+            let coro = self.obj.get().bind(py).call_method1(
+                "run_async",
+                (phase, preq.req.get().clone_ref(py), preq.ctx.get().clone_ref(py)),
+            )?;
+            let waker = Py::new(py, Waker { tx: Mutex::new(Some(tx)) })?;
+            submit.get().bind(py).call1((coro, waker))?;
+            Ok(())
+        });
+        if let Err(e) = submitted {
+            Python::attach(|py| log_py_error(py, e, "submitting an async plugin phase"));
+            return Flow::Respond(internal_error("plugin error"));
+        }
+        match rx.await {
+            Ok(fut) => Python::attach(|py| {
+                let r = fut.get().bind(py).call_method0("result");
+                Self::flow(py, r)
+            }),
+            Err(_) => Flow::Respond(internal_error("plugin error")),
+        }
+    }
+
+    fn flow(py: Python<'_>, r: PyResult<Bound<'_, PyAny>>) -> Flow {
+        match r {
+            Ok(v) if v.is_none() => Flow::Continue,
+            Ok(v) => match response_parts(&v) {
+                Ok((status, headers, body)) => Flow::Respond(ShortResponse { status, headers, body }),
+                Err(e) => {
+                    log_py_error(py, e, "a plugin's response");
+                    Flow::Respond(internal_error("plugin error"))
+                }
+            },
+            Err(e) => {
+                log_py_error(py, e, "a plugin chain");
+                Flow::Respond(internal_error("plugin error"))
+            }
+        }
+    }
+
+    /// Read back what plugins changed (headers, path, query, method, consumer, chosen node). The
+    /// view keeps its copy: later phases (`log` included) may still read the request.
+    pub fn outcome(preq: &PyReq) -> ReqOutcome {
+        Python::attach(|py| {
+            let r = preq.req.get().get();
+            let headers = r.headers.bind(py).get().snapshot();
+            let s = lock_state(r);
+            ReqOutcome {
+                state: ReqState {
+                    method: s.method.clone(),
+                    path: s.path.clone(),
+                    query: s.query.clone(),
+                    consumer: s.consumer.clone(),
+                    upstream: s.upstream.clone(),
+                },
+                headers,
+            }
+        })
+    }
+
+    /// `header_filter`: plugins may change status and headers. Returns a 500 response if they raise.
+    pub fn header_filter(&self, preq: &mut PyReq, status: &mut u16, headers: &mut HeaderMap) -> Option<ShortResponse> {
+        let need_view = self.has(HEADER_FILTER) || self.has(BODY_FILTER) || self.has(LOG);
+        if !need_view {
+            return None;
+        }
+        Python::attach(|py| {
+            let hs = Py::new(py, PyHeaders::new(std::mem::take(headers))).expect("alloc Headers");
+            let view = Py::new(
+                py,
+                PyResponseView {
+                    status: Mutex::new(*status),
+                    headers: hs,
+                },
+            )
+            .expect("alloc ResponseView");
+            let mut failed = None;
+            if self.has(HEADER_FILTER) {
+                let r = self.obj.get().bind(py).call_method1(
+                    "header_filter",
+                    (preq.req.get().clone_ref(py), view.clone_ref(py), preq.ctx.get().clone_ref(py)),
+                );
+                if let Flow::Respond(resp) = Self::flow(py, r) {
+                    failed = Some(resp);
+                }
+            }
+            let v = view.get();
+            *status = *lock_status(v);
+            *headers = if self.has(LOG) {
+                v.headers.get().snapshot()
+            } else {
+                v.headers.get().take()
+            };
+            preq.resp = Some(PyObj::new(view));
+            failed
+        })
+    }
+
+    pub fn log(&self, preq: &PyReq) {
+        Python::attach(|py| {
+            let resp = match &preq.resp {
+                Some(r) => r.get().clone_ref(py).into_any(),
+                None => py.None(),
+            };
+            let r = self.obj.get().bind(py).call_method1(
+                "log",
+                (preq.req.get().clone_ref(py), resp, preq.ctx.get().clone_ref(py)),
+            );
+            if let Err(e) = r {
+                log_py_error(py, e, "a log phase");
+            }
+        })
+    }
+}
+
+/// `body_filter` over a streamed body: one Python call per chunk.
+pub struct PyBodyFilter {
+    pub chain: Arc<PyChain>,
+    pub preq: Arc<PyReq>,
+}
+
+impl ChunkFilter for PyBodyFilter {
+    fn filter(&mut self, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError> {
+        Python::attach(|py| {
+            let resp = match &self.preq.resp {
+                Some(r) => r.get().clone_ref(py).into_any(),
+                None => py.None(),
+            };
+            let r = self.chain.obj.get().bind(py).call_method1(
+                "body_filter",
+                (
+                    self.preq.req.get().clone_ref(py),
+                    resp,
+                    PyBytes::new(py, &chunk),
+                    eof,
+                    self.preq.ctx.get().clone_ref(py),
+                ),
+            );
+            match r {
+                Ok(v) if v.is_none() => Ok(chunk),
+                Ok(v) => match v.cast::<PyBytes>() {
+                    Ok(b) => Ok(Bytes::copy_from_slice(b.as_bytes())),
+                    Err(_) => Err("body_filter must return bytes or None".into()),
+                },
+                Err(e) => {
+                    log_py_error(py, e, "a body_filter");
+                    Err("body_filter raised".into())
+                }
+            }
+        })
+    }
+}
+
+/// Completes an async phase: the asyncio side calls it with the finished future.
+#[pyclass(module = "pygateway._core", name = "Waker", frozen)]
+pub struct Waker {
+    tx: Mutex<Option<oneshot::Sender<PyObj<PyAny>>>>,
+}
+
+#[pymethods]
+impl Waker {
+    fn __call__(&self, fut: Py<PyAny>) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // If the request went away meanwhile, the future is dropped here, still attached.
+            let _ = tx.send(PyObj::new(fut));
+        }
+    }
+}
+
+/// Set response headers from a plugin's short-circuit response.
+pub fn apply_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
+    for (k, v) in pairs {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+            headers.append(k, v);
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The only PyO3 code: the `Worker` a worker process runs, the plugin views, and small handles
+//! onto the router and limiter for validation and micro benchmarks.
+pub mod host;
+pub mod views;
+
+use crate::config::Snapshot;
+use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::proxy::table::RouteTable;
+use crate::proxy::vars::ReqVars;
+use crate::proxy::Shared;
+use crate::server::{self, Limits};
+use arc_swap::ArcSwap;
+use host::{PyChain, PyObj};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pyo3::create_exception!(_core, ConfigError, pyo3::exceptions::PyValueError, "A config the data plane cannot compile.");
+
+fn parse_snapshot(snapshot: &[u8]) -> PyResult<Snapshot> {
+    serde_json::from_slice(snapshot).map_err(|e| ConfigError::new_err(format!("snapshot: {e}")))
+}
+
+fn compile(py: Python<'_>, snapshot: &[u8], chains: Option<&Bound<'_, PyDict>>) -> PyResult<RouteTable> {
+    let snap = parse_snapshot(snapshot)?;
+    let mut compiled: std::collections::HashMap<String, Arc<PyChain>> = std::collections::HashMap::new();
+    if let Some(chains) = chains {
+        for (k, v) in chains.iter() {
+            compiled.insert(k.extract()?, Arc::new(PyChain::new(py, v.unbind())?));
+        }
+    }
+    // Compiling 10k routes takes milliseconds: let the other threads run meanwhile.
+    py.detach(|| RouteTable::compile(&snap, |id| compiled.get(id).cloned()))
+        .map_err(|e| ConfigError::new_err(e.0))
+}
+
+/// One worker's data plane: a listener, a route table, and the loop that serves it.
+#[pyclass(module = "pygateway._core", name = "Worker", frozen)]
+pub struct Worker {
+    table: Arc<ArcSwap<RouteTable>>,
+    shm: Arc<ShmTable>,
+    limits: Limits,
+    listener: Mutex<Option<std::net::TcpListener>>,
+    submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
+#[pymethods]
+impl Worker {
+    #[new]
+    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0))]
+    fn new(
+        shm_path: Option<&str>,
+        max_connections: usize,
+        header_timeout: f64,
+        keepalive_requests: u64,
+        drain_timeout: f64,
+    ) -> PyResult<Worker> {
+        let shm = match shm_path {
+            Some(p) => ShmTable::open(std::path::Path::new(p)),
+            None => ShmTable::anonymous(65_536),
+        }
+        .map_err(|e| PyOSError::new_err(format!("shared memory table: {e}")))?;
+        let (stop_tx, _) = tokio::sync::watch::channel(false);
+        Ok(Worker {
+            table: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
+            shm: Arc::new(shm),
+            limits: Limits {
+                max_connections,
+                header_timeout: Duration::from_secs_f64(header_timeout),
+                keepalive_requests,
+                drain_timeout: Duration::from_secs_f64(drain_timeout),
+                ..Limits::default()
+            },
+            listener: Mutex::new(None),
+            submit: Mutex::new(None),
+            stop_tx,
+        })
+    }
+
+    /// Bind the listening socket (SO_REUSEPORT). Raises OSError naming the address on failure.
+    #[pyo3(signature = (host, port, backlog=4096))]
+    fn bind(&self, host: &str, port: u16, backlog: i32) -> PyResult<u16> {
+        let ip: IpAddr = host
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("listen address must be an IP address, got {host:?}")))?;
+        let l = server::bind(SocketAddr::new(ip, port), backlog)
+            .map_err(|e| PyOSError::new_err(format!("cannot listen on {host}:{port}: {e}")))?;
+        let bound = l.local_addr().map(|a| a.port()).unwrap_or(port);
+        *self.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+        Ok(bound)
+    }
+
+    /// Compile and publish a config snapshot; requests in flight finish on the table they started with.
+    /// `chains` maps route id → `pygateway.host.Chain`.
+    fn apply(&self, py: Python<'_>, snapshot: &[u8], chains: &Bound<'_, PyDict>) -> PyResult<u64> {
+        let table = compile(py, snapshot, Some(chains))?;
+        let version = table.version;
+        let old = self.table.swap(Arc::new(table));
+        // The old table may hold Python chains: let it go while attached, off the I/O thread.
+        drop(old);
+        Ok(version)
+    }
+
+    #[getter]
+    fn version(&self) -> u64 {
+        self.table.load().version
+    }
+
+    /// `submit(coro, waker)`: schedules an async plugin phase on the worker's asyncio loop.
+    fn set_async_submit(&self, submit: Py<PyAny>) {
+        *self.submit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(PyObj::new(submit)));
+    }
+
+    /// Serve until SIGTERM (drain, then return), SIGINT/SIGQUIT (return at once) or `stop()`.
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("call bind() before run()"))?;
+        let shared = (
+            self.table.clone(),
+            self.shm.clone(),
+            self.submit.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        );
+        let limits = self.limits.clone();
+        let stop_rx = self.stop_tx.subscribe();
+        py.detach(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| PyRuntimeError::new_err(format!("tokio runtime: {e}")))?;
+            let local = tokio::task::LocalSet::new();
+            let res = local.block_on(&rt, async move {
+                let shared = Rc::new(Shared {
+                    table: shared.0,
+                    shm: shared.1,
+                    submit: shared.2,
+                    max_uri_len: 8192,
+                });
+                server::serve(listener, shared, limits, server::shutdown_signal(stop_rx)).await
+            });
+            // Drop the runtime (and every task still holding Python objects) before returning.
+            drop(local);
+            drop(rt);
+            res.map_err(|e| PyOSError::new_err(format!("serve: {e}")))
+        })
+    }
+
+    /// Ask `run()` to drain and return (thread-safe).
+    fn stop(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+}
+
+/// Dry-run compile of a snapshot (the master validates before pushing to workers).
+#[pyfunction]
+fn check_snapshot(py: Python<'_>, snapshot: &[u8]) -> PyResult<usize> {
+    Ok(compile(py, snapshot, None)?.routes.len())
+}
+
+/// Route lookups without a server: for tests and micro benchmarks.
+#[pyclass(module = "pygateway._core", name = "RouteMatcher", frozen)]
+pub struct RouteMatcher {
+    table: RouteTable,
+}
+
+#[pymethods]
+impl RouteMatcher {
+    #[new]
+    fn new(py: Python<'_>, snapshot: &[u8]) -> PyResult<RouteMatcher> {
+        Ok(RouteMatcher {
+            table: compile(py, snapshot, None)?,
+        })
+    }
+
+    /// The id of the route that `method host path` from `remote_addr` matches, or None.
+    #[pyo3(signature = (method, host, path, remote_addr="127.0.0.1", headers=None, query=None))]
+    fn find(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        remote_addr: &str,
+        headers: Option<Vec<(String, String)>>,
+        query: Option<&str>,
+    ) -> PyResult<Option<String>> {
+        let remote: IpAddr = remote_addr
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("bad address {remote_addr:?}")))?;
+        let mut hm = http::HeaderMap::new();
+        for (k, v) in headers.unwrap_or_default() {
+            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(&v)) {
+                hm.append(k, v);
+            }
+        }
+        let vars = ReqVars {
+            headers: &hm,
+            query,
+            path,
+            host,
+            method,
+            remote,
+            scheme: "http",
+            consumer: None,
+        };
+        let input = crate::router::MatchInput {
+            path,
+            host,
+            method,
+            remote_addr: remote,
+            vars: &vars,
+        };
+        Ok(self.table.router.find(&input).map(|i| self.table.routes[i].id.to_string()))
+    }
+
+    fn __len__(&self) -> usize {
+        self.table.routes.len()
+    }
+}
+
+/// The shared-memory limiter table, for tests and micro benchmarks.
+#[pyclass(module = "pygateway._core", name = "Limiter", frozen)]
+pub struct Limiter {
+    shm: ShmTable,
+}
+
+#[pymethods]
+impl Limiter {
+    /// Create (`create=True`) or open the table at `path`; no path = process-local table.
+    #[new]
+    #[pyo3(signature = (path=None, slots=65_536, create=false))]
+    fn new(path: Option<&str>, slots: usize, create: bool) -> PyResult<Limiter> {
+        let shm = match path {
+            Some(p) if create => ShmTable::create(std::path::Path::new(p), slots),
+            Some(p) => ShmTable::open(std::path::Path::new(p)),
+            None => ShmTable::anonymous(slots),
+        }
+        .map_err(|e| PyOSError::new_err(format!("shared memory table: {e}")))?;
+        Ok(Limiter { shm })
+    }
+
+    /// GCRA decision for `key`: seconds to delay (0.0 = now), or None when rejected.
+    fn gcra(&self, key: &str, rate: f64, burst: f64) -> Option<f64> {
+        self.shm
+            .gcra(key_hash(&[key.as_bytes()]), rate, burst, monotonic_ns())
+            .ok()
+            .map(|ns| ns as f64 / 1e9)
+    }
+
+    /// Fixed-window decision: (allowed, remaining, seconds until reset).
+    fn fixed_window(&self, key: &str, count: u64, window: f64) -> (bool, u64, f64) {
+        let d = self.shm.fixed_window(
+            key_hash(&[key.as_bytes()]),
+            count,
+            (window * 1e9) as u64,
+            monotonic_ns(),
+        );
+        (d.allowed, d.remaining, d.reset_ns as f64 / 1e9)
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Worker>()?;
+    m.add_class::<RouteMatcher>()?;
+    m.add_class::<Limiter>()?;
+    m.add_class::<views::PyRequest>()?;
+    m.add_class::<views::PyHeaders>()?;
+    m.add_class::<views::PyResponseView>()?;
+    m.add_class::<host::Waker>()?;
+    m.add_function(wrap_pyfunction!(check_snapshot, m)?)?;
+    m.add("ConfigError", m.py().get_type::<ConfigError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Listener, accept loop and per-connection HTTP setup (HTTP/1.1 keep-alive + h2c prior knowledge),
+//! with the edge limits of DESIGN §7 and a graceful drain.
+use crate::proxy::{self, body::GwBody, Shared};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub keepalive_requests: u64,
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            header_timeout: Duration::from_secs(10),
+            keepalive_requests: 1000,
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A listening socket with SO_REUSEPORT so every worker process accepts on the same port.
+pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_tcp_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// Executor for hyper's HTTP/2 streams: tasks stay on this worker's single thread.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<LocalExec> {
+    let mut b = auto::Builder::new(LocalExec);
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_head_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_header_list_size(limits.max_head_bytes as u32)
+        .max_pending_accept_reset_streams(50)
+        .keep_alive_interval(Duration::from_secs(30));
+    b
+}
+
+/// Accept and serve until `shutdown` resolves, then drain in-flight requests (capped).
+pub async fn serve(
+    listener: std::net::TcpListener,
+    shared: Rc<Shared>,
+    limits: Limits,
+    shutdown: impl Future<Output = bool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let builder = builder(&limits);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Rc::new(Cell::new(0usize));
+    tokio::pin!(shutdown);
+    let drain = loop {
+        tokio::select! {
+            fast = &mut shutdown => break !fast,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly rather than spin.
+                        eprintln!("pygateway: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                if open.get() >= limits.max_connections {
+                    drop(stream); // over the cap: close fast so admitted latency stays bounded
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                open.set(open.get() + 1);
+                let shared = shared.clone();
+                let served = Rc::new(Cell::new(0u64));
+                let max_req = limits.keepalive_requests;
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let shared = shared.clone();
+                    let served = served.clone();
+                    async move {
+                        served.set(served.get() + 1);
+                        let close = served.get() >= max_req;
+                        let mut resp: Response<GwBody> = proxy::handle(shared, req, peer).await;
+                        if close {
+                            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                let open = open.clone();
+                tokio::task::spawn_local(async move {
+                    let _ = conn.await;
+                    open.set(open.get() - 1);
+                });
+            }
+        }
+    };
+    drop(listener); // stop accepting: new connections go to the other workers
+    if drain {
+        let _ = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM (true: drain) or SIGINT/SIGQUIT (false: stop fast), or when `stop` fires.
+pub async fn shutdown_signal(stop: tokio::sync::watch::Receiver<bool>) -> bool {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+    let mut stop = stop;
+    tokio::select! {
+        _ = term.recv() => true,
+        _ = int.recv() => false,
+        _ = quit.recv() => false,
+        _ = stop.changed() => true,
+    }
+}

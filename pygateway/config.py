@@ -1,0 +1,658 @@
+"""Load, validate and compile the APISIX-shaped standalone config (`apisix.yaml`).
+
+Three steps, each usable alone:
+
+    raw = load_yaml("conf/apisix.yaml")           # YAML -> dict (syntax errors -> ConfigError)
+    cfg = validate(raw, registry.get)             # dict -> Config (every error collected -> ConfigError)
+    snapshot, route_py, global_py = compile_snapshot(cfg, version=7)
+
+`validate` checks object shapes (following APISIX's `schema_def.lua`: unknown fields are rejected, as
+APISIX does with `additionalProperties = false`), cross references and plugin configs. Errors read
+`<collection>[<id>].<field path>: <message>`, e.g. `routes[r1].upstream.nodes[0].port: required`; objects
+without a usable id are named by their 0-based list position: `routes[#2].id: required`.
+
+`compile_snapshot` flattens services, plugin_configs and `upstream_id` references into each route (the
+JSON shape `core_rs/src/config.rs` deserializes). Native plugins go into the snapshot; Python plugins are
+returned separately as `(plugin_class, validated_conf)` pairs sorted by priority, highest first.
+
+Choices where APISIX is silent or where we are deliberately more lenient (documented, not accidental):
+- `upstream.type` defaults to `roundrobin` and a list node's `weight` to 1 (APISIX requires both).
+- `timeout` fields default to connect 5s, send/read 15s when partially given (APISIX requires all three).
+- a route may set both `uri` and `uris` (and `host`/`hosts`, `remote_addr`/`remote_addrs`): merged.
+- a route whose merged result has no upstream is an error (APISIX allows plugin-only routes).
+- global rules contribute only Python plugins for now; native plugins in global rules are validated but
+  not applied (the snapshot has no global section yet).
+- consumer plugin confs are validated with the plugin class's `ConsumerConfig` struct when it defines
+  one (APISIX's `consumer_schema`), else with `parse_config`.
+- `_meta` keys other than `disable` (priority, filter, error_response) are accepted and ignored.
+- consumer `group_id` is accepted and not checked (consumer_groups are not supported yet).
+- upstream `checks`, `keepalive_pool`, `retry_timeout` are accepted and ignored; service discovery,
+  route `filter_func`/`script` and `grpc(s)` schemes are rejected (unknown field / invalid value).
+- `#END` (which APISIX waits for before reloading) is optional: it is just a YAML comment here.
+- errors come per collection in the order routes, services, upstreams, consumers, global_rules,
+  plugin_configs, then cross-reference errors; references to objects that failed validation
+  themselves are not reported a second time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+from pygateway.plugin import Plugin
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Consumer",
+    "GlobalRule",
+    "Node",
+    "PluginConf",
+    "PluginConfig",
+    "Route",
+    "Service",
+    "Timeout",
+    "Upstream",
+    "compile_snapshot",
+    "load_yaml",
+    "validate",
+]
+
+GetPlugin = Callable[[str], "type[Plugin] | None"]
+PluginPairs = list[tuple[type[Plugin], Any]]
+
+COLLECTIONS: tuple[str, ...] = ("routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs")
+# Valid in APISIX's apisix.yaml but not implemented here: say so rather than "unknown".
+UNSUPPORTED: tuple[str, ...] = (
+    "ssls", "stream_routes", "protos", "plugin_metadata", "consumer_groups", "secrets", "plugins",
+    "stream_plugins",
+)  # fmt: skip
+
+
+class ConfigError(Exception):
+    """One or more config problems; `errors` holds one message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def __str__(self) -> str:
+        return "\n".join(self.errors)
+
+
+# ---------------------------------------------------------------------------------------------- models
+# Field constraints mirror APISIX's schema_def.lua.
+Id = str | int
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Desc = Annotated[str, msgspec.Meta(max_length=256)]
+Labels = dict[str, Annotated[str, msgspec.Meta(pattern=r"^\S+$", min_length=1, max_length=64)]]
+Host = Annotated[str, msgspec.Meta(pattern=r"^\*?[0-9a-zA-Z-._]+$")]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Method = Literal["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE"]
+# Bounds the Rust side can hold (u32 / i32).
+Weight = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+NodePriority = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Timeout(_Strict):
+    connect: Seconds = 5.0
+    send: Seconds = 15.0
+    read: Seconds = 15.0
+
+
+class Node(_Strict):
+    host: Host
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    weight: Weight = 1
+    priority: NodePriority = 0
+    metadata: dict[str, Any] | None = None  # accepted, unused
+
+
+class Upstream(_Strict):
+    # The dict form {"host:port": weight} is normalized to a list of Node by `_upstream_problems`.
+    nodes: list[Node] | dict[str, Weight]
+    id: Id | None = None
+    type: Literal["roundrobin", "chash", "least_conn", "ewma"] = "roundrobin"
+    scheme: Literal["http", "https"] = "http"
+    pass_host: Literal["pass", "node", "rewrite"] = "pass"
+    upstream_host: Host | None = None
+    timeout: Timeout | None = None
+    retries: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] | None = None
+    hash_on: Literal["vars", "header", "cookie", "consumer", "vars_combinations"] = "vars"
+    key: str | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    # Accepted for compatibility, not acted on by the data plane yet.
+    checks: dict[str, Any] | None = None
+    keepalive_pool: dict[str, Any] | None = None
+    retry_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+class PluginConf(msgspec.Struct):
+    """One validated plugin entry: its class, its validated `Config` and `_meta.disable`."""
+
+    cls: Any  # type[Plugin]
+    conf: Any
+    disabled: bool = False
+
+
+# `plugins` and `upstream` are validated separately from the rest of an object (so that one object can
+# report several errors) and filled in afterwards; they are never decoded through these structs.
+class Route(_Strict):
+    id: Id | None = None
+    uri: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    uris: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    host: Host | None = None
+    hosts: Annotated[list[Host], msgspec.Meta(min_length=1)] | None = None
+    methods: list[Method] | None = None
+    remote_addr: str | None = None
+    remote_addrs: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+    vars: list[Any] | None = None
+    priority: int = 0
+    upstream_id: Id | None = None
+    service_id: Id | None = None
+    plugin_config_id: Id | None = None
+    timeout: Timeout | None = None
+    status: Literal[0, 1] = 1
+    enable_websocket: bool | None = None  # accepted, ignored
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    upstream: Upstream | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class Service(_Strict):
+    id: Id | None = None
+    hosts: Annotated[list[Host], msgspec.Meta(min_length=1)] | None = None
+    upstream_id: Id | None = None
+    enable_websocket: bool | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    upstream: Upstream | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class Consumer(_Strict):
+    username: str = ""  # required; checked (and set) by the collection loader
+    group_id: Id | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class GlobalRule(_Strict):
+    id: Id | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class PluginConfig(_Strict):
+    id: Id | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class Config(msgspec.Struct):
+    """The validated config: every object by its (string) id; consumers by username."""
+
+    routes: dict[str, Route] = {}
+    services: dict[str, Service] = {}
+    upstreams: dict[str, Upstream] = {}
+    consumers: dict[str, Consumer] = {}
+    global_rules: dict[str, GlobalRule] = {}
+    plugin_configs: dict[str, PluginConfig] = {}
+
+
+_MODELS: dict[str, type[_Strict]] = {
+    "routes": Route,
+    "services": Service,
+    "upstreams": Upstream,
+    "consumers": Consumer,
+    "global_rules": GlobalRule,
+    "plugin_configs": PluginConfig,
+}
+
+
+# ------------------------------------------------------------------------------------------- load_yaml
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an `apisix.yaml`; a trailing `#END` is a YAML comment so needs no special handling."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{name}: cannot read: {getattr(e, 'strerror', None) or e}"]) from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([_yaml_error(name, e)]) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{name}: top level must be a mapping, got {_type_name(data)}"])
+    errors = _top_level_errors(data)
+    if errors:
+        raise ConfigError([f"{name}: {e}" for e in errors])
+    return data
+
+
+def _yaml_error(name: str, e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if mark is None:
+        return f"{name}: invalid YAML: {problem}"
+    # PyYAML marks are 0-based; editors count from 1.
+    return f"{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}"
+
+
+def _top_level_errors(raw: dict[Any, Any]) -> list[str]:
+    errors = []
+    for key in raw:
+        if key in COLLECTIONS:
+            continue
+        if key == "plugin_dirs":
+            if not (isinstance(raw[key], list) and all(isinstance(d, str) for d in raw[key])):
+                errors.append("plugin_dirs: expected array of directory paths")
+            continue
+        if key in UNSUPPORTED:
+            errors.append(f"{key}: not supported by pygateway")
+        else:
+            errors.append(f"{key}: unknown top-level key (expected one of {', '.join(COLLECTIONS)})")
+    return errors
+
+
+# -------------------------------------------------------------------------------------------- validate
+def validate(raw: dict[str, Any], get_plugin: GetPlugin) -> Config:
+    """Validate a raw config dict; raises ConfigError listing every problem found."""
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config: expected object, got {_type_name(raw)}"])
+    errors = _top_level_errors(raw)
+    # Ids of objects that had errors: references to them are not reported again.
+    invalid: dict[str, set[str]] = {}
+    valid: dict[str, dict[str, Any]] = {}
+    for name in COLLECTIONS:
+        valid[name], invalid[name] = _validate_collection(name, raw.get(name), get_plugin, errors)
+    cfg = Config(**valid)
+    errors += _reference_errors(cfg, invalid)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def _validate_collection(
+    name: str, items: Any, get_plugin: GetPlugin, errors: list[str]
+) -> tuple[dict[str, Any], set[str]]:
+    """Return (valid objects by id, ids of objects that had errors)."""
+    valid: dict[str, Any] = {}
+    invalid: set[str] = set()
+    if items is None:  # `routes:` with nothing under it
+        return valid, invalid
+    if not isinstance(items, list):
+        errors.append(f"{name}: expected array, got {_type_name(items)}")
+        return valid, invalid
+    key_field = "username" if name == "consumers" else "id"
+    first_pos: dict[str, int] = {}
+    for pos, item in enumerate(items):
+        key = _object_key(item, key_field)
+        label = f"{name}[{key if key is not None else f'#{pos}'}]"
+        if not isinstance(item, dict):
+            errors.append(f"{label}: expected object, got {_type_name(item)}")
+            continue
+        n_errors = len(errors)
+        usable = key is not None and key not in first_pos
+        if key is None:
+            errors.append(f"{label}.{key_field}: {_bad_key_message(item.get(key_field), key_field)}")
+        elif key in first_pos:
+            errors.append(f"{label}.{key_field}: duplicate {key_field} {key!r} (first at #{first_pos[key]})")
+        else:
+            first_pos[key] = pos
+        # Validate even objects without a usable id, so their other errors are reported too.
+        # The key is checked above; leave it out so msgspec doesn't report it a second time.
+        body = {k: v for k, v in item.items() if k != key_field}
+        obj = _validate_object(label, _MODELS[name], body, get_plugin, errors, consumer=name == "consumers")
+        if not usable:
+            continue
+        if len(errors) > n_errors:
+            invalid.add(key)
+        else:
+            setattr(obj, key_field, key)  # normalized: ids are strings
+            valid[key] = obj
+    return valid, invalid
+
+
+def _object_key(item: Any, key_field: str) -> str | None:
+    """The object's id as a string (YAML ids may be ints), or None when missing/unusable."""
+    if not isinstance(item, dict):
+        return None
+    value = item.get(key_field)
+    if key_field == "username":  # APISIX: ^[a-zA-Z0-9_]+$, up to 100 chars
+        return value if isinstance(value, str) and re.fullmatch(r"[a-zA-Z0-9_]{1,100}", value) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if value >= 1 else None
+    if isinstance(value, str) and re.fullmatch(r"[a-zA-Z0-9-_.]{1,64}", value):
+        return value
+    return None
+
+
+def _bad_key_message(value: Any, key_field: str) -> str:
+    if value is None:
+        return "required"
+    if key_field == "username":
+        return f"invalid username {value!r} (expected letters, digits and '_')"
+    return f"invalid id {value!r} (expected an int >= 1 or a string of letters, digits, '-', '_', '.')"
+
+
+def _validate_object(
+    label: str, model: type[_Strict], item: dict[str, Any], get_plugin: GetPlugin, errors: list[str], *, consumer: bool
+) -> Any:
+    """Decode one object; `plugins` and `upstream` are checked separately so all their errors surface."""
+    if model is Upstream:
+        return _validate_upstream(label, item, errors)
+    separate = {"plugins", "upstream"} & set(model.__struct_fields__)
+    obj = _convert(label, {k: v for k, v in item.items() if k not in separate}, model, errors)
+    plugins = _validate_plugins(f"{label}.plugins", item.get("plugins"), get_plugin, errors, consumer=consumer)
+    upstream = None
+    if "upstream" in separate and item.get("upstream") is not None:
+        upstream = _validate_upstream(f"{label}.upstream", item["upstream"], errors)
+    if obj is None:
+        return None
+    if isinstance(obj, Route):
+        errors += _route_errors(label, obj)
+    obj.plugins = plugins
+    if upstream is not None:
+        obj.upstream = upstream
+    return obj
+
+
+def _convert(label: str, raw: Any, model: type[Any], errors: list[str]) -> Any:
+    try:
+        return msgspec.convert(raw, model, strict=True)
+    except msgspec.ValidationError as e:
+        errors.append(_format_validation(label, e))
+        return None
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+
+
+def _format_validation(label: str, exc: msgspec.ValidationError) -> str:
+    """msgspec's "Expected `int` >= 1, got `0` - at `$.count`" -> "<label>.count: expected int >= 1, got 0"."""
+    m = _AT.match(str(exc))
+    assert m is not None  # the pattern matches any string
+    msg, path = m["msg"], m["path"] or ""
+    if field := re.fullmatch(r"Object missing required field `(.+)`", msg):
+        path, msg = f"{path}.{field[1]}", "required"
+    elif field := re.fullmatch(r"Object contains unknown field `(.+)`", msg):
+        path, msg = f"{path}.{field[1]}", "unknown field"
+    else:
+        # msgspec quotes regexes with repr(); show them as written.
+        msg = msg.replace("`", "").replace(" | ", " or ").replace("\\\\", "\\")
+        msg = msg[:1].lower() + msg[1:]
+    return f"{label}{path}: {msg}"
+
+
+def _validate_upstream(label: str, raw: Any, errors: list[str]) -> Upstream | None:
+    up = _convert(label, raw, Upstream, errors)
+    if up is None:
+        return None
+    problems = list(_upstream_problems(up))
+    errors += [f"{label}.{field}: {msg}" for field, msg in problems]
+    return None if problems else up
+
+
+def _upstream_problems(up: Upstream) -> Iterator[tuple[str, str]]:
+    """Cross-field rules msgspec can't express; also normalizes the nodes dict form in place."""
+    if isinstance(up.nodes, dict):
+        nodes = []
+        for addr, weight in up.nodes.items():
+            node = _parse_node_addr(addr, weight, up.scheme)
+            if node is None:
+                yield f"nodes[{addr}]", 'expected "host:port" or "host"'
+            else:
+                nodes.append(node)
+        up.nodes = nodes
+    if up.pass_host == "rewrite" and not up.upstream_host:
+        yield "upstream_host", 'required when pass_host is "rewrite"'
+    if up.type == "chash" and not up.key:
+        yield "key", 'required when type is "chash"'
+    if up.id is not None:
+        up.id = str(up.id)
+
+
+def _parse_node_addr(addr: str, weight: int, scheme: str) -> Node | None:
+    """`"10.0.0.1:80"`, `"[::1]:80"`, or a bare host (port from the scheme, as APISIX does)."""
+    m = re.fullmatch(r"\[(?P<v6>[0-9a-fA-F:.]+)\](?::(?P<p6>\d+))?|(?P<host>[^:\[\]]+)(?::(?P<port>\d+))?", addr)
+    if m is None:
+        return None
+    host = m["v6"] or m["host"]
+    port = m["p6"] or m["port"]
+    port_num = int(port) if port else (443 if scheme == "https" else 80)
+    if not 1 <= port_num <= 65535 or not re.fullmatch(r"[0-9a-zA-Z-._:]+", host):
+        return None
+    return Node(host=host, port=port_num, weight=weight)
+
+
+def _route_errors(label: str, r: Route) -> list[str]:
+    errors = []
+    if r.uri is None and r.uris is None:
+        errors.append(f"{label}.uri: required (set uri or uris)")
+    addrs = [("remote_addr", r.remote_addr)] if r.remote_addr else []
+    addrs += [(f"remote_addrs[{i}]", a) for i, a in enumerate(r.remote_addrs or [])]
+    for where, addr in addrs:
+        try:
+            ipaddress.ip_network(addr, strict=False)
+        except ValueError:
+            errors.append(f"{label}.{where}: invalid IP address or CIDR {addr!r}")
+    return errors
+
+
+def _validate_plugins(
+    label: str, raw: Any, get_plugin: GetPlugin, errors: list[str], *, consumer: bool = False
+) -> dict[str, PluginConf]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append(f"{label}: expected object, got {_type_name(raw)}")
+        return {}
+    out: dict[str, PluginConf] = {}
+    for name, conf in raw.items():
+        entry = _validate_plugin(f"{label}.{name}", str(name), conf, get_plugin, errors, consumer)
+        if entry is not None:
+            out[str(name)] = entry
+    return out
+
+
+def _validate_plugin(
+    label: str, name: str, conf: Any, get_plugin: GetPlugin, errors: list[str], consumer: bool
+) -> PluginConf | None:
+    cls = get_plugin(name)
+    if cls is None:
+        errors.append(f'{label}: unknown plugin "{name}"')
+        return None
+    if conf is None:
+        conf = {}
+    if not isinstance(conf, dict):
+        errors.append(f"{label}: expected object, got {_type_name(conf)}")
+        return None
+    conf = dict(conf)
+    meta = conf.pop("_meta", None) or {}
+    disabled = meta.get("disable", False) if isinstance(meta, dict) else None
+    if not isinstance(disabled, bool):
+        errors.append(f"{label}._meta: expected object with boolean disable")
+        return None
+    schema = getattr(cls, "ConsumerConfig", None) if consumer else None
+    try:
+        parsed = msgspec.convert(conf, schema, strict=False) if schema is not None else cls.parse_config(conf)
+    except msgspec.ValidationError as e:
+        errors.append(_format_validation(label, e))
+        return None
+    except (ValueError, TypeError) as e:  # a plugin's own parse_config may check beyond msgspec
+        errors.append(f"{label}: {e}")
+        return None
+    return PluginConf(cls=cls, conf=parsed, disabled=disabled)
+
+
+def _reference_errors(cfg: Config, invalid: dict[str, set[str]]) -> list[str]:
+    """Cross-object checks: every *_id must exist and every route must end up with an upstream.
+
+    References to objects that failed validation are not reported again (their own errors are).
+    """
+    errors = []
+    for sid, svc in cfg.services.items():
+        errors += _ref_errors(f"services[{sid}]", "upstream_id", svc.upstream_id, cfg.upstreams, invalid["upstreams"])
+    for rid, route in cfg.routes.items():
+        label = f"routes[{rid}]"
+        refs = (
+            ("upstream_id", route.upstream_id, cfg.upstreams, invalid["upstreams"]),
+            ("service_id", route.service_id, cfg.services, invalid["services"]),
+            ("plugin_config_id", route.plugin_config_id, cfg.plugin_configs, invalid["plugin_configs"]),
+        )
+        for field, ref, pool, bad in refs:
+            errors += _ref_errors(label, field, ref, pool, bad)
+        # Only when nothing is even declared: a broken reference is reported above already.
+        service_known = route.service_id is None or str(route.service_id) in cfg.services
+        if service_known and not _declares_upstream(route, _service_of(cfg, route)):
+            errors.append(f"{label}.upstream: required (no upstream, upstream_id, or service with an upstream)")
+    return errors
+
+
+def _declares_upstream(route: Route, service: Service | None) -> bool:
+    sources = (route.upstream, route.upstream_id, *((service.upstream, service.upstream_id) if service else ()))
+    return any(s is not None for s in sources)
+
+
+def _ref_errors(label: str, field: str, ref: Id | None, pool: dict[str, Any], invalid: set[str]) -> list[str]:
+    if ref is None or str(ref) in pool or str(ref) in invalid:
+        return []
+    return [f'{label}.{field}: {field.removesuffix("_id")} "{ref}" not found']
+
+
+# ------------------------------------------------------------------------------------ compile_snapshot
+def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[str, PluginPairs], PluginPairs]:
+    """Flatten `cfg` into (snapshot for the Rust worker, Python plugins per route id, global Python plugins).
+
+    Disabled routes (`status: 0`) are left out entirely.
+    """
+    routes: list[dict[str, Any]] = []
+    python_plugins: dict[str, PluginPairs] = {}
+    for rid, route in cfg.routes.items():
+        if route.status == 0:
+            continue
+        plugins = _merged_plugins(cfg, route)
+        native = {n: msgspec.to_builtins(p.conf) for n, p in plugins.items() if p.cls.native}
+        python_plugins[rid] = _sorted_pairs(p for p in plugins.values() if not p.cls.native)
+        routes.append(_route_snapshot(cfg, rid, route, native))
+    global_entries = (p for rule in cfg.global_rules.values() for p in rule.plugins.values())
+    global_plugins = _sorted_pairs(p for p in global_entries if not p.disabled and not p.cls.native)
+    return {"version": version, "routes": routes}, python_plugins, global_plugins
+
+
+def _route_snapshot(cfg: Config, rid: str, route: Route, native: dict[str, Any]) -> dict[str, Any]:
+    service = _service_of(cfg, route)
+    hosts = _merge_one_many(route.host, route.hosts) or (list(service.hosts or []) if service else [])
+    upstream = _route_upstream(cfg, route)
+    return {
+        "id": rid,
+        "uris": _merge_one_many(route.uri, route.uris),
+        "hosts": hosts,
+        "methods": list(route.methods or []),
+        "remote_addrs": _merge_one_many(route.remote_addr, route.remote_addrs),
+        "vars": route.vars,
+        "priority": route.priority,
+        "upstream": _upstream_snapshot(upstream) if upstream is not None else None,
+        "timeout": msgspec.to_builtins(route.timeout) if route.timeout else None,
+        "plugins": native,
+    }
+
+
+def _upstream_snapshot(up: Upstream) -> dict[str, Any]:
+    assert isinstance(up.nodes, list)  # dict form normalized during validation
+    return {
+        "id": str(up.id) if up.id is not None else None,
+        "type": up.type,
+        "nodes": [{"host": n.host, "port": n.port, "weight": n.weight, "priority": n.priority} for n in up.nodes],
+        "scheme": up.scheme,
+        "pass_host": up.pass_host,
+        "upstream_host": up.upstream_host,
+        "timeout": msgspec.to_builtins(up.timeout) if up.timeout else None,
+        "retries": up.retries,
+        "hash_on": up.hash_on,
+        "key": up.key,
+    }
+
+
+def _merged_plugins(cfg: Config, route: Route) -> dict[str, PluginConf]:
+    """APISIX precedence: route > plugin_config > service; the winner's conf is taken whole."""
+    merged: dict[str, PluginConf] = {}
+    service = _service_of(cfg, route)
+    if service is not None:
+        merged.update(service.plugins)
+    if route.plugin_config_id is not None:
+        merged.update(cfg.plugin_configs[str(route.plugin_config_id)].plugins)
+    merged.update(route.plugins)
+    # Disabling happens after the merge so a route can switch off a plugin its service enables.
+    return {name: p for name, p in merged.items() if not p.disabled}
+
+
+def _route_upstream(cfg: Config, route: Route) -> Upstream | None:
+    """APISIX precedence: route `upstream` > route `upstream_id` > service `upstream` > service `upstream_id`."""
+    service = _service_of(cfg, route)
+    candidates = (
+        route.upstream,
+        _upstream_by_id(cfg, route.upstream_id),
+        service.upstream if service else None,
+        _upstream_by_id(cfg, service.upstream_id) if service else None,
+    )
+    return next((u for u in candidates if u is not None), None)
+
+
+def _upstream_by_id(cfg: Config, uid: Id | None) -> Upstream | None:
+    if uid is None:
+        return None
+    return cfg.upstreams.get(str(uid))
+
+
+def _service_of(cfg: Config, route: Route) -> Service | None:
+    return cfg.services.get(str(route.service_id)) if route.service_id is not None else None
+
+
+def _sorted_pairs(entries: Any) -> PluginPairs:
+    """Highest priority first; ties by name so the order is deterministic."""
+    ordered = sorted(entries, key=lambda p: (-p.cls.priority, p.cls.name))
+    return [(p.cls, p.conf) for p in ordered]
+
+
+def _merge_one_many(one: str | None, many: list[str] | None) -> list[str]:
+    out = [one] if one else []
+    out += [x for x in (many or []) if x not in out]
+    return out
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "str", int: "int", float: "float", bool: "bool"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)

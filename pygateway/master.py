@@ -1,0 +1,302 @@
+"""The master process: validates config, supervises the workers (the nginx model) and reloads.
+
+- N worker processes each bind the same port with SO_REUSEPORT; a worker that dies is respawned at
+  once (with a growing back-off if it keeps crashing at start) while the others keep serving.
+- Config changes (file watched, or SIGHUP) are validated here first; a bad config is logged and the
+  last good one keeps serving. A good one is pushed to every worker, which swaps its route table
+  without dropping a request.
+- SIGTERM drains (workers stop accepting, finish in-flight requests, 30 s cap); SIGINT/SIGQUIT stop fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pygateway import _core
+from pygateway.config import ConfigError, load_yaml
+from pygateway.registry import Registry
+from pygateway.worker import build
+
+log = logging.getLogger("pygateway.master")
+
+START_TIMEOUT = 20.0
+POLL_INTERVAL = 0.5
+
+
+class StartError(Exception):
+    pass
+
+
+@dataclass
+class WorkerProc:
+    wid: int
+    proc: subprocess.Popen[bytes]
+    started: float
+    buf: bytes = b""
+    applied: int = -1
+    fatal: str | None = None
+
+
+@dataclass
+class Settings:
+    host: str
+    port: int
+    workers: int
+    config_path: str | None
+    plugin_dirs: list[str] = field(default_factory=list)
+    drain_timeout: float = 30.0
+
+
+def _file_stamp(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def check_config(raw: dict[str, Any], registry: Registry, version: int) -> None:
+    """Everything a worker will do with the config, done once here first (incl. the Rust compile)."""
+    snapshot, _chains = build(raw, version, registry)
+    _core.check_snapshot(snapshot)
+
+
+class Master:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.version = 0
+        self.raw: dict[str, Any] = {}
+        self.workers: dict[int, WorkerProc] = {}
+        self.respawn_at: dict[int, float] = {}
+        self.crashes: dict[int, int] = {}
+        self.sel = selectors.DefaultSelector()
+        self.stopping: str | None = None
+        self.reload_requested = False
+        self.stamp: tuple[int, int, int] | None = None
+        shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        self.shm_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.limits")
+        self._limits = _core.Limiter(self.shm_path, slots=1 << 16, create=True)
+        plugin_dirs = list(settings.plugin_dirs)
+        self.registry = Registry(plugin_dirs)
+
+    # ------------------------------------------------------------------ config
+    def _read_config(self) -> dict[str, Any]:
+        if self.s.config_path is None:
+            return {}
+        self.stamp = _file_stamp(self.s.config_path)
+        raw = load_yaml(self.s.config_path)
+        dirs = raw.pop("plugin_dirs", None) or []
+        if dirs and sorted(dirs) != sorted(self.s.plugin_dirs):
+            if self.version:
+                log.warning("plugin_dirs changed: restart the gateway to load new plugin code")
+            else:
+                base = Path(self.s.config_path).parent
+                self.s.plugin_dirs = [str((base / d).resolve()) for d in dirs]
+                self.registry = Registry(self.s.plugin_dirs)
+        return raw
+
+    def load_initial(self) -> None:
+        raw = self._read_config()
+        check_config(raw, self.registry, 1)
+        self.raw, self.version = raw, 1
+
+    def reload(self, why: str) -> bool:
+        try:
+            raw = self._read_config()
+            check_config(raw, self.registry, self.version + 1)
+        except (ConfigError, _core.ConfigError, TypeError, ValueError) as exc:
+            log.error("config reload (%s) rejected; still serving version %d:\n%s", why, self.version, exc)
+            return False
+        self.raw, self.version = raw, self.version + 1
+        msg = self._config_msg()
+        for w in self.workers.values():
+            self._send(w, msg)
+        log.info("config version %d pushed to %d workers (%s)", self.version, len(self.workers), why)
+        return True
+
+    def _config_msg(self) -> bytes:
+        return orjson.dumps({"version": self.version, "config": self.raw}) + b"\n"
+
+    # ------------------------------------------------------------------ workers
+    def _spawn(self, wid: int) -> WorkerProc:
+        cmd = [
+            sys.executable, "-m", "pygateway.worker",
+            "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
+            "--drain-timeout", str(self.s.drain_timeout),
+        ]  # fmt: skip
+        for d in self.s.plugin_dirs:
+            cmd += ["--plugin-dir", d]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        w = WorkerProc(wid, proc, time.monotonic())
+        self.workers[wid] = w
+        self.sel.register(proc.stdout, selectors.EVENT_READ, w)
+        self._send(w, self._config_msg())
+        return w
+
+    def _send(self, w: WorkerProc, msg: bytes) -> None:
+        try:
+            assert w.proc.stdin is not None
+            w.proc.stdin.write(msg)
+            w.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it died; the reaper respawns it with the current config
+
+    def _read_worker(self, w: WorkerProc) -> None:
+        assert w.proc.stdout is not None
+        try:
+            chunk = os.read(w.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._unregister(w)
+            return
+        w.buf += chunk
+        *lines, w.buf = w.buf.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                msg = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if "applied" in msg:
+                w.applied = int(msg["applied"])
+            elif "rejected" in msg:
+                log.error("worker %d rejected config %s: %s", w.wid, msg["rejected"], msg.get("error"))
+            elif "fatal" in msg:
+                w.fatal = str(msg["fatal"])
+
+    def _unregister(self, w: WorkerProc) -> None:
+        try:
+            assert w.proc.stdout is not None
+            self.sel.unregister(w.proc.stdout)
+        except (KeyError, ValueError):
+            pass
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for wid, w in list(self.workers.items()):
+            code = w.proc.poll()
+            if code is None:
+                continue
+            self._unregister(w)
+            del self.workers[wid]
+            if self.stopping:
+                continue
+            # Crash loop back-off: a worker that dies right after starting waits longer each time.
+            quick = now - w.started < 2.0
+            self.crashes[wid] = self.crashes.get(wid, 0) + 1 if quick else 0
+            delay = min(0.1 * 2 ** self.crashes[wid], 10.0) if quick else 0.0
+            log.warning("worker %d (pid %d) exited with %s; respawning in %.1fs", wid, w.proc.pid, code, delay)
+            if w.fatal:
+                log.error("worker %d: %s", wid, w.fatal)
+            self.respawn_at[wid] = now + delay
+        for wid, at in list(self.respawn_at.items()):
+            if at <= now:
+                del self.respawn_at[wid]
+                self._spawn(wid)
+
+    def start(self) -> None:
+        for wid in range(self.s.workers):
+            self._spawn(wid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            self._pump(0.1)
+            failed = [w for w in self.workers.values() if w.fatal or w.proc.poll() is not None]
+            if failed:
+                w = failed[0]
+                self._pump(0.2)
+                raise StartError(w.fatal or f"worker {w.wid} exited with {w.proc.poll()} during start")
+            if all(w.applied >= self.version for w in self.workers.values()):
+                return
+        raise StartError(f"workers not ready after {START_TIMEOUT:.0f}s")
+
+    def _pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            if isinstance(key.data, WorkerProc):
+                self._read_worker(key.data)
+            else:
+                try:
+                    key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except OSError:
+                    pass
+
+    # ------------------------------------------------------------------ main loop
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_requested = True
+        elif signum == signal.SIGTERM:
+            self.stopping = self.stopping or "drain"
+        else:
+            self.stopping = "fast"
+
+    def install_signals(self) -> None:
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        self.sel.register(rsock, selectors.EVENT_READ, None)
+        self._wake = (rsock, wsock)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._on_signal)
+
+    def serve_forever(self) -> int:
+        last_poll = time.monotonic()
+        while not self.stopping:
+            self._pump(0.1)
+            self._reap()
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload("SIGHUP")
+            now = time.monotonic()
+            if self.s.config_path and now - last_poll >= POLL_INTERVAL:
+                last_poll = now
+                stamp = _file_stamp(self.s.config_path)
+                if stamp is not None and stamp != self.stamp:
+                    self.reload("file changed")
+        return self.shutdown(self.stopping)
+
+    def shutdown(self, how: str) -> int:
+        sig = signal.SIGTERM if how == "drain" else signal.SIGINT
+        log.info("stopping (%s): %d workers", how, len(self.workers))
+        for w in self.workers.values():
+            try:
+                w.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (self.s.drain_timeout + 5 if how == "drain" else 5)
+        for w in self.workers.values():
+            try:
+                w.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        self.cleanup()
+        return 0
+
+    def cleanup(self) -> None:
+        for w in self.workers.values():
+            if w.proc.poll() is None:
+                w.proc.kill()
+                w.proc.wait()
+        try:
+            os.unlink(self.shm_path)
+        except OSError:
+            pass

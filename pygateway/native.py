@@ -1,0 +1,54 @@
+"""Schemas of the plugins implemented in the Rust core. Their Python classes only validate config
+(with APISIX's field names and defaults); the work happens in `core_rs` on the request path."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from pygateway.plugin import Plugin
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Status = Annotated[int, msgspec.Meta(ge=200, le=599)]
+
+
+class LimitReq(Plugin):
+    """Leaky bucket per key (nginx `limit_req`): over `rate` but within `burst` is delayed."""
+
+    name = "limit-req"
+    priority = 1001
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        rate: Positive
+        burst: Annotated[float, msgspec.Meta(ge=0)]
+        key: str = "remote_addr"
+        key_type: Literal["var", "var_combination"] = "var"
+        rejected_code: Status = 503
+        rejected_msg: str | None = None
+        nodelay: bool = False
+        allow_degradation: bool = False
+
+
+class LimitCount(Plugin):
+    """At most `count` requests per `time_window` seconds per key, exact across the node's workers."""
+
+    name = "limit-count"
+    priority = 1002
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        count: Annotated[int, msgspec.Meta(ge=1)]
+        time_window: Annotated[int, msgspec.Meta(ge=1)]
+        key: str = "remote_addr"
+        key_type: Literal["var", "var_combination", "constant"] = "var"
+        rejected_code: Status = 503
+        rejected_msg: str | None = None
+        policy: Literal["local"] = "local"
+        show_limit_quota_header: bool = True
+        allow_degradation: bool = False
+        group: str | None = None
+
+
+NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount)

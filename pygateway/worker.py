@@ -1,0 +1,98 @@
+"""A worker process: the Rust data plane on the main thread, a config reader thread, an asyncio loop.
+
+Started by the master as `python -m pygateway.worker`. Protocol with the master (one JSON object per
+line): stdin brings `{"version": N, "config": {...}}`; stdout answers `{"applied": N}`,
+`{"rejected": N, "error": "..."}`, or `{"fatal": "..."}` before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from typing import Any
+
+import orjson
+
+from pygateway import _core
+from pygateway.config import ConfigError, compile_snapshot, validate
+from pygateway.host import AsyncLoop, Chain
+from pygateway.registry import PluginLoadError, Registry
+
+log = logging.getLogger("pygateway.worker")
+
+
+def _say(msg: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(msg) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def build(raw: dict[str, Any], version: int, registry: Registry) -> tuple[bytes, dict[str, Chain]]:
+    """Validate and flatten a config, and instantiate each route's Python plugin chain."""
+    cfg = validate(raw, registry.get)
+    snapshot, route_plugins, global_plugins = compile_snapshot(cfg, version)
+    chains: dict[str, Chain] = {}
+    for route_id, pairs in route_plugins.items():
+        plugins = [cls(conf) for cls, conf in global_plugins] + [cls(conf) for cls, conf in pairs]
+        if plugins:
+            chains[route_id] = Chain(plugins)
+    if global_plugins:
+        for r in snapshot["routes"]:
+            if r["id"] not in chains:
+                chains[r["id"]] = Chain([cls(conf) for cls, conf in global_plugins])
+    return orjson.dumps(snapshot), chains
+
+
+def _apply(worker: _core.Worker, registry: Registry, line: bytes) -> bool:
+    msg = orjson.loads(line)
+    version = int(msg["version"])
+    try:
+        snapshot, chains = build(msg["config"], version, registry)
+        worker.apply(snapshot, chains)
+    except (ConfigError, _core.ConfigError, TypeError, ValueError) as exc:
+        _say({"rejected": version, "error": str(exc)})
+        return False
+    _say({"applied": version})
+    return True
+
+
+def _reader(worker: _core.Worker, registry: Registry) -> None:
+    for line in sys.stdin.buffer:
+        if line.strip():
+            _apply(worker, registry, line)
+    # The master went away: drain and exit.
+    worker.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pygateway-worker")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--shm")
+    p.add_argument("--id", type=int, default=0)
+    p.add_argument("--plugin-dir", action="append", default=[])
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
+    try:
+        registry = Registry(args.plugin_dir)
+        worker = _core.Worker(shm_path=args.shm, drain_timeout=args.drain_timeout)
+        # Serve nothing until the first config is in: a respawned worker must not answer 404s.
+        first = sys.stdin.buffer.readline()
+        if not first or not _apply(worker, registry, first):
+            _say({"fatal": "no valid initial config"})
+            return 1
+        worker.bind(args.host, args.port)
+    except (OSError, ValueError, PluginLoadError) as exc:
+        _say({"fatal": str(exc)})
+        return 1
+    loop = AsyncLoop()
+    worker.set_async_submit(loop.submit)
+    threading.Thread(target=_reader, args=(worker, registry), name="pygateway-config", daemon=True).start()
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
