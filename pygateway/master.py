@@ -178,6 +178,8 @@ class Master:
                 continue
             if "applied" in msg:
                 w.applied = int(msg["applied"])
+                if self.version > 1 and all(x.applied >= self.version for x in self.workers.values()):
+                    log.info("config version %d applied by all workers", self.version)
             elif "rejected" in msg:
                 log.error("worker %d rejected config %s: %s", w.wid, msg["rejected"], msg.get("error"))
             elif "fatal" in msg:

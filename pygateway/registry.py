@@ -1,10 +1,13 @@
-"""Finds plugins: the native ones, entry points (group `pygateway.plugins`, which is also how the
-plugins we ship are registered) and `.py` files in the `plugin_dirs` a config names."""
+"""Finds plugins: the native ones, the ones we ship (`plugins/`, installed as
+`pygateway.builtin_plugins`), entry points of other packages (group `pygateway.plugins`) and `.py`
+files in the `plugin_dirs` a config names. A later source may replace an earlier one's plugin."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
+import pkgutil
 import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -33,6 +36,27 @@ def _check(cls: object, where: str) -> type[Plugin]:
     return cls
 
 
+def _plugins_in(module: object) -> list[type[Plugin]]:
+    name = getattr(module, "__name__", "")
+    return [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Plugin) and obj is not Plugin and obj.name
+        and obj.__module__ == name
+    ]
+
+
+def _shipped() -> list[Found]:
+    import pygateway.builtin_plugins as pkg
+
+    found = []
+    for info in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."):
+        if info.name.rsplit(".", 1)[-1].startswith(("_", "test")):
+            continue
+        found += [Found(cls, "built-in") for cls in _plugins_in(importlib.import_module(info.name))]
+    return found
+
+
 def _from_dir(directory: Path) -> list[Found]:
     if not directory.is_dir():
         raise PluginLoadError(f"plugin_dirs: {directory} is not a directory")
@@ -50,10 +74,7 @@ def _from_dir(directory: Path) -> list[Found]:
             spec.loader.exec_module(module)
         except Exception as exc:
             raise PluginLoadError(f"plugin file {path}: {type(exc).__name__}: {exc}") from exc
-        for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Plugin) and obj is not Plugin and obj.name:
-                if obj.__module__ == mod_name:
-                    found.append(Found(obj, f"dir {directory}"))
+        found += [Found(cls, f"dir {directory}") for cls in _plugins_in(module)]
     return found
 
 
@@ -61,7 +82,9 @@ class Registry:
     def __init__(self, plugin_dirs: list[str] | tuple[str, ...] = ()) -> None:
         self.plugins: dict[str, Found] = {}
         for cls in NATIVE_PLUGINS:
-            self._add(Found(cls, "built-in"))
+            self._add(Found(cls, "built-in (Rust)"))
+        for f in _shipped():
+            self._add(f)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 cls = _check(ep.load(), f"entry point {ep.name}")

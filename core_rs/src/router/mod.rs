@@ -31,7 +31,24 @@
 //! * `methods`: uppercase comparison.
 //! * `remote_addrs`: addresses and CIDRs, v4/v6; IPv4-mapped IPv6 clients match
 //!   IPv4 networks.
-//! * `vars`: see [`vars`](self::vars) for the lua-resty-expr rules.
+//! * `vars`: lua-resty-expr rules, documented in `vars.rs`.
+//!
+//! Checked against lua-resty-radixtree `lib/resty/radixtree.lua` (hash_path for
+//! `=` paths, `radix_tree_search`/`radix_tree_up` longest-prefix-first walk,
+//! `sort_route`, `match_route_opts`, `compare_param`, `match_host`/`has_suffix`)
+//! and lua-resty-expr `lib/resty/expr/v1.lua`, plus APISIX docs
+//! `router-radixtree.md` (the "Match priority" table is a unit test).
+//!
+//! # Deliberate deviations from radixtree
+//! * A `:` only starts a parameter at the beginning of a segment. radixtree
+//!   treats any `:` as a marker, which turns `/v1/things:batchGet` into a prefix
+//!   match on `/v1/things`; here it is an exact path.
+//! * Literal segments of parameter uris match literally (radixtree pastes them
+//!   unescaped into a PCRE, so `/a.b/:x` would also match `/aXb/1`).
+//! * Errors radixtree/expr would only hit at request time (regex syntax, a
+//!   non-string regex, wrong arity such as `[var, op]` without a value or five
+//!   elements, a bad `ipmatch` address) are build errors here. Regexes use the
+//!   Rust `regex` syntax (no look-around / back-references).
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -1,0 +1,147 @@
+"""Fixtures: real processes on free loopback ports. `upstream()` starts an echo server, `gateway()`
+starts `pygateway run` on a config, both torn down after the test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class Upstream:
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.name, self.proc, self.port = name, proc, port
+        self.addr = f"127.0.0.1:{port}"
+        self.url = f"http://{self.addr}"
+
+
+class Gateway:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, config_path: Path, log_path: Path) -> None:
+        self.proc, self.port, self.config_path, self.log_path = proc, port, config_path, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.version = 1
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{needle!r} not in gateway log:\n{self.log()}")
+
+    def update(self, config: dict[str, Any] | str, expect_ok: bool = True) -> None:
+        """Rewrite the config file; wait until every worker applied it (or the master rejected it)."""
+        write_config(self.config_path, config)
+        if expect_ok:
+            self.version += 1
+            self.wait_log(f"config version {self.version} applied by all workers")
+        else:
+            self.wait_log("rejected; still serving version")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+
+def write_config(path: Path, config: dict[str, Any] | str) -> None:
+    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic, like an editor's save
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Callable[..., Upstream]]:
+    started: list[Upstream] = []
+
+    def start(name: str = "up") -> Upstream:
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "echo_upstream.py"), str(port), name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        up = Upstream(name, proc, port)
+        started.append(up)
+        wait_port(port)
+        return up
+
+    yield start
+    for up in started:
+        _stop(up.proc, signal.SIGTERM)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any] | str | None, workers: int = 1, args: list[str] | None = None) -> Gateway:
+        port = free_port()
+        cfg = tmp_path / f"apisix-{port}.yaml"
+        log = tmp_path / f"gateway-{port}.log"
+        cmd = [sys.executable, "-m", "pygateway.cli", "run", "--listen", f"127.0.0.1:{port}",
+               "--workers", str(workers), *(args or [])]  # fmt: skip
+        if config is not None:
+            write_config(cfg, config)
+            cmd += ["-c", str(cfg)]
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
+        gw = Gateway(proc, port, cfg, log)
+        started.append(gw)
+        gw.wait_log("listening on", timeout=30)
+        return gw
+
+    yield start
+    for gw in started:
+        _stop(gw.proc)
+
+
+def route(rid: str, uri: str, *nodes: Upstream, **extra: Any) -> dict[str, Any]:
+    """A route dict in APISIX shape, proxying to the given upstreams."""
+    r: dict[str, Any] = {"id": rid, "uri": uri, "upstream": {"nodes": {n.addr: 1 for n in nodes}}}
+    r.update(extra)
+    return r

@@ -1,0 +1,522 @@
+"""Black-box tests of the process model: the master supervises N workers that share one port
+(SO_REUSEPORT), respawns crashed workers, hot-reloads config without dropping requests, rejects bad
+config while the old one keeps serving, drains on SIGTERM and stops fast on SIGINT; plus the CLI's
+exit codes and messages.
+
+Everything runs real processes on loopback. Waits are condition loops with deadlines, never bare
+sleeps standing in for "long enough".
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, Gateway, route, write_config
+
+# --------------------------------------------------------------------------- helpers
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def get(
+    port: int, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (Connection: close), so SO_REUSEPORT picks a worker each time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def status(port: int, path: str, timeout: float = 5.0) -> int:
+    return get(port, path, timeout)[0]
+
+
+def _listen_inodes(port: int) -> set[str]:
+    """Socket inodes of TCP listeners on `port` (state 0A), from /proc/net/tcp{,6}."""
+    inodes: set[str] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    out: set[str] = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(link[8:-1])
+    return out
+
+
+def listening_workers(gw: Gateway) -> set[int]:
+    """Workers (children of the master) that hold a listening socket on the gateway's port."""
+    inodes = _listen_inodes(gw.port)
+    return {pid for pid in gw.worker_pids() if _socket_inodes(pid) & inodes}
+
+
+def is_dead(pid: int) -> bool:
+    """Exited (zombie or reaped). A process's fds, incl. its listener, are closed before it is a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def established_to(port: int) -> int:
+    """Number of established TCP connections whose remote port is `port` (4 = ESTABLISHED is 01)."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
+                n += 1
+    return n
+
+
+def count_in_log(gw: Gateway, needle: str) -> int:
+    return gw.log().count(needle)
+
+
+def wait_rejected(gw: Gateway, before: int, timeout: float = 10.0) -> None:
+    """Wait for one more 'rejected; still serving version' than `before` (the conftest helper only checks
+    presence, which is already true after the first rejection)."""
+    wait_for(lambda: count_in_log(gw, "rejected; still serving version") > before, timeout, "config rejection")
+
+
+def pygateway(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pygateway.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)  # fmt: skip
+
+
+WRK_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
+WRK_SOCKERR = re.compile(r"Socket errors:\s*connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+WRK_REQS = re.compile(r"(\d+) requests in ")
+
+
+def parse_wrk(out: str) -> tuple[int, int, tuple[int, ...]]:
+    """(requests, non-2xx/3xx, socket errors (connect, read, write, timeout)); wrk only prints the last two
+    lines when they are non-zero."""
+    m = WRK_REQS.search(out)
+    assert m, f"unexpected wrk output:\n{out}"
+    non2xx = WRK_NON2XX.search(out)
+    sock = WRK_SOCKERR.search(out)
+    return (int(m.group(1)), int(non2xx.group(1)) if non2xx else 0,
+            tuple(int(x) for x in sock.groups()) if sock else (0, 0, 0, 0))  # fmt: skip
+
+
+def start_wrk(url: str, seconds: int = 4, conns: int = 20) -> subprocess.Popen[str]:
+    return subprocess.Popen(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "3s", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- startup
+
+
+def test_workers_flag_starts_that_many_workers(upstream, gateway) -> None:
+    up = upstream()
+    gw = gateway({"routes": [route("a", "/a", up)]}, workers=2)
+    assert f"listening on http://127.0.0.1:{gw.port} with 2 workers" in gw.log()
+    pids = gw.worker_pids()
+    assert len(pids) == 2, pids
+    for pid in pids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"pygateway.worker" in cmdline, cmdline
+    # Both hold their own listener on the shared port.
+    assert wait_for(lambda: listening_workers(gw) == set(pids), 5, "both workers listening")
+    assert status(gw.port, "/a") == 200
+
+
+# --------------------------------------------------------------------------- crash -> respawn
+
+
+def test_killed_worker_is_respawned_and_requests_keep_succeeding(upstream, gateway) -> None:
+    """kill -9 one of two workers while clients send requests on fresh connections.
+
+    What is honest to expect: SIGKILL gives the dying worker no chance to hand off. A request it was
+    serving is cut, and a connection the kernel had already queued on its listener (SO_REUSEPORT gives
+    every worker its own accept queue) is reset when that listener closes. So a few requests *around*
+    the kill may fail. Once the process is dead (its fds closed, which happens before it becomes a
+    zombie), its listener is out of the reuseport group and every new connection goes to a live
+    worker: from then on, every request must succeed. Each client thread has one request in flight at
+    a time, so the failures are bounded by what a thread can start between the kill and our noticing
+    the death (a few ms of polling)."""
+    up = upstream()
+    gw = gateway({"routes": [route("a", "/a", up)]}, workers=2)
+    pids = set(gw.worker_pids())
+    assert len(pids) == 2
+    wait_for(lambda: listening_workers(gw) == pids, 5, "both workers listening")
+
+    results: list[tuple[float, bool, str]] = []  # (start time, ok, error)
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                st = status(gw.port, "/a", timeout=3)
+                results.append((t0, st == 200, "" if st == 200 else f"status {st}"))
+            except OSError as exc:  # includes http.client.RemoteDisconnected
+                results.append((t0, False, repr(exc)))
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(results) >= 20, 10, "warm-up traffic")
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.monotonic()
+        wait_for(lambda: is_dead(victim), 2, "victim to die", interval=0.002)
+        t_dead = time.monotonic()
+        new = wait_for(lambda: set(gw.worker_pids()) - pids, 1.0, "a replacement worker within 1 s")
+        t_new = time.monotonic()
+        assert t_new - t_kill <= 1.0
+        assert len(new) == 1 and victim not in gw.worker_pids()
+        # The replacement joins the shared port (it binds only after its first config is applied).
+        survivors = (pids - {victim}) | new
+        wait_for(lambda: listening_workers(gw) == survivors, 10, "replacement worker listening")
+        t_listen = time.monotonic()
+        n_at_listen = len(results)
+        wait_for(lambda: len(results) >= n_at_listen + 30 or time.monotonic() - t_listen > 3, 5,
+                 "traffic after respawn")  # fmt: skip
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+
+    after = [r for r in results if r[0] >= t_dead]
+    failed = [r for r in results if not r[1]]
+    assert len(after) >= 20, f"too little traffic after the kill: {len(after)}"
+    assert all(ok for _, ok, _ in after), [r for r in after if not r[1]][:5]
+    assert all(r[0] < t_dead for r in failed)
+    assert len(failed) <= 4, f"{len(failed)} failed around the kill: {failed[:5]}"
+    assert "exited with -9; respawning" in gw.log()
+    assert status(gw.port, "/a") == 200
+
+
+# --------------------------------------------------------------------------- reload under load
+
+
+def test_config_file_rewrites_during_wrk_drop_nothing(upstream, gateway) -> None:
+    up1, up2 = upstream("one"), upstream("two")
+    cfg: dict[str, Any] = {"routes": [route("a", "/a", up1)]}
+    gw = gateway(cfg, workers=2)
+    wrk = start_wrk(f"{gw.url}/a", seconds=4)
+    try:
+        wait_for(lambda: established_to(gw.port) >= 1, 5, "wrk to connect")
+        t_end = time.monotonic() + 3.0
+        steps = [
+            {"routes": [route("a", "/a", up2)]},
+            {"routes": [route("a", "/a", up2), route("b", "/b", up1)]},
+            {"routes": [route("a", "/a", up1, up2), route("b", "/b", up1), route("c", "/c/*", up2)]},
+            {"routes": [route("c", "/c/*", up2), route("a", "/a", up1), route("b", "/b", up2)]},
+        ]
+        applied = 0
+        for cfg in steps:
+            if time.monotonic() >= t_end:
+                break
+            gw.update(cfg)
+            applied += 1
+        out, _ = wrk.communicate(timeout=15)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    assert applied >= 2, f"only {applied} reloads happened while wrk ran"
+    reqs, non2xx, sockerr = parse_wrk(out)
+    assert reqs > 0, out
+    assert non2xx == 0, out
+    assert sockerr == (0, 0, 0, 0), out
+    # The last applied config is what serves now.
+    last = steps[applied - 1]
+    ids = {r["id"] for r in last["routes"]}
+    assert status(gw.port, "/b") == (200 if "b" in ids else 404)
+    assert status(gw.port, "/c/x") == (200 if "c" in ids else 404)
+
+
+def test_sighup_reloads_during_wrk_drop_nothing(upstream, gateway) -> None:
+    up1, up2 = upstream("one"), upstream("two")
+    gw = gateway({"routes": [route("a", "/a", up1)]}, workers=2)
+    wrk = start_wrk(f"{gw.url}/a", seconds=4)
+    try:
+        wait_for(lambda: established_to(gw.port) >= 1, 5, "wrk to connect")
+        t_end = time.monotonic() + 3.0
+        hups = 0
+        while time.monotonic() < t_end and hups < 4:
+            os.kill(gw.proc.pid, signal.SIGHUP)
+            gw.version += 1
+            gw.wait_log(f"config version {gw.version} applied by all workers")
+            hups += 1
+        out, _ = wrk.communicate(timeout=15)
+    finally:
+        if wrk.poll() is None:
+            wrk.kill()
+            wrk.wait()
+    assert hups >= 2, f"only {hups} SIGHUP reloads happened while wrk ran"
+    assert "(SIGHUP)" in gw.log()
+    reqs, non2xx, sockerr = parse_wrk(out)
+    assert reqs > 0, out
+    assert non2xx == 0, out
+    assert sockerr == (0, 0, 0, 0), out
+    # Reloads still work after the SIGHUPs, and the new upstream serves.
+    gw.update({"routes": [route("a", "/a", up2), route("b", "/b", up2)]})
+    _, headers, _ = get(gw.port, "/b")
+    assert headers["x-upstream"] == "two"
+
+
+# --------------------------------------------------------------------------- bad config is rejected
+
+
+BAD_CONFIGS = [
+    pytest.param(
+        lambda a, up: {"routes": [a, route("new", "/new", up, vars=[["arg_x", "~~~", "1"]])]},
+        "routes[new].vars: invalid operator",
+        id="bad-vars-operator",
+    ),
+    pytest.param(
+        lambda a, up: {"routes": [a, route("new", "/new", up, plugins={"no-such-plugin": {}})]},
+        'routes[new].plugins.no-such-plugin: unknown plugin "no-such-plugin"',
+        id="unknown-plugin",
+    ),
+    pytest.param(
+        lambda a, up: "routes:\n  - id: new\n   uri: /new\n",
+        "invalid YAML",
+        id="yaml-syntax-error",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make_bad", "error"), BAD_CONFIGS)
+def test_invalid_config_change_is_rejected_and_old_config_keeps_serving(upstream, gateway, make_bad, error) -> None:
+    up = upstream()
+    a = route("a", "/a", up)
+    gw = gateway({"routes": [a]}, workers=2)
+    pids = set(gw.worker_pids())
+    assert status(gw.port, "/a") == 200
+    assert status(gw.port, "/new") == 404
+
+    before = count_in_log(gw, "rejected; still serving version")
+    write_config(gw.config_path, make_bad(a, up))
+    wait_rejected(gw, before)
+    log = gw.log()
+    assert "rejected; still serving version 1" in log
+    assert error in log, log
+    assert "config version 2" not in log  # nothing was pushed
+    for _ in range(6):  # fresh connections: both workers answer with the old table
+        assert status(gw.port, "/a") == 200
+        assert status(gw.port, "/new") == 404
+    assert set(gw.worker_pids()) == pids  # no worker was restarted
+
+    # A fixed file is picked up as the next version.
+    gw.update({"routes": [a, route("new", "/new", up)]})
+    assert status(gw.port, "/new") == 200
+    assert status(gw.port, "/a") == 200
+
+
+# --------------------------------------------------------------------------- stop signals
+
+
+def test_sigterm_drains_in_flight_then_exits_0(upstream, gateway) -> None:
+    up = upstream()
+    gw = gateway({"routes": [route("slow", "/delay/*", up)]}, workers=2)
+    pids = gw.worker_pids()
+    result: dict[str, Any] = {}
+
+    def slow() -> None:
+        try:
+            result["resp"] = get(gw.port, "/delay/1500", timeout=10)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            result["error"] = exc
+        result["done"] = time.monotonic()
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    # The request is in flight once the gateway holds a connection to the upstream (fresh gateway: no pool).
+    wait_for(lambda: established_to(up.port) >= 1, 5, "the slow request to reach the upstream")
+    t_term = time.monotonic()
+    gw.proc.send_signal(signal.SIGTERM)
+
+    def refused() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=0.5):
+                return False
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+
+    wait_for(refused, 1.0, "new connections to be refused after SIGTERM")
+    assert "done" not in result, "the slow request finished before the listeners closed; test proves nothing"
+    t.join(10)
+    assert "error" not in result, result.get("error")
+    st, _, body = result["resp"]
+    assert st == 200
+    assert json.loads(body)["path"] == "/delay/1500"
+    assert refused()  # still refused while/after draining
+    code = gw.proc.wait(10)
+    assert code == 0
+    assert time.monotonic() - t_term < 5
+    assert "stopping (drain)" in gw.log()
+    assert all(is_dead(p) for p in pids)
+
+
+def test_sigint_stops_fast(upstream, gateway) -> None:
+    up = upstream()
+    gw = gateway({"routes": [route("slow", "/delay/*", up)]}, workers=2)
+    pids = gw.worker_pids()
+    result: dict[str, Any] = {}
+
+    def slow() -> None:
+        try:
+            result["resp"] = get(gw.port, "/delay/5000", timeout=10)
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    t = threading.Thread(target=slow, daemon=True)
+    t.start()
+    wait_for(lambda: established_to(up.port) >= 1, 5, "the slow request to reach the upstream")
+    t0 = time.monotonic()
+    gw.proc.send_signal(signal.SIGINT)
+    code = gw.proc.wait(10)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.5, f"SIGINT took {elapsed:.2f}s (an in-flight request must not hold a fast stop)"
+    assert code == 0
+    assert "stopping (fast)" in gw.log()
+    assert all(is_dead(p) for p in pids)
+    t.join(10)
+    assert "resp" not in result  # cut, not waited for
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", gw.port), timeout=1).close()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_validate_good_and_bad(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    write_config(good, {"routes": [{"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1": 1}}},
+                                   {"id": "r2", "uri": "/b", "upstream": {"nodes": {"127.0.0.1:2": 1}}}]})  # fmt: skip
+    r = pygateway("validate", str(good))
+    assert r.returncode == 0, r.stderr
+    assert f"{good}: ok (2 routes)" in r.stdout
+
+    bad = tmp_path / "bad.yaml"
+    write_config(bad, {"routes": [
+        {"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1": 1}}},
+        {"id": "r2", "uri": "/b", "plugins": {"no-such-plugin": {}}, "upstream": {"nodes": {"127.0.0.1:1": 1}}},
+        {"id": "r3", "uri": "/c", "upstream": {"type": "bogus", "nodes": {"127.0.0.1:1": 1}}},
+    ]})  # fmt: skip
+    r = pygateway("validate", str(bad))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert any(line.startswith("routes[r2].plugins.no-such-plugin") for line in lines), r.stderr
+    assert any(line.startswith("routes[r3].upstream.type") for line in lines), r.stderr
+    assert not any("r1" in line for line in lines), r.stderr
+
+    vars_bad = tmp_path / "vars.yaml"
+    write_config(vars_bad, {"routes": [
+        {"id": "v1", "uri": "/a", "vars": [["arg_x", "~~~", "1"]], "upstream": {"nodes": {"127.0.0.1:1": 1}}}]})
+    r = pygateway("validate", str(vars_bad))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("routes[v1].vars"), r.stderr
+
+    syntax = tmp_path / "syntax.yaml"
+    syntax.write_text("routes:\n  - id: r1\n   uri: /a\n")
+    r = pygateway("validate", str(syntax))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert f"{syntax}:3:" in r.stderr and "invalid YAML" in r.stderr
+
+
+def test_version() -> None:
+    r = pygateway("version")
+    assert r.returncode == 0
+    assert re.fullmatch(r"pygateway \d+\.\d+\.\d+\S*\n", r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("argv", [["run", "--bogus"], ["run", "--workers", "0"], ["frobnicate"]])
+def test_wrong_flag_is_one_line_exit_2(argv: list[str]) -> None:
+    r = pygateway(*argv)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("pygateway: ")
+
+
+@pytest.mark.parametrize("which", ["missing", "directory"])
+def test_unreadable_config_is_one_line_exit_1(tmp_path: Path, which: str) -> None:
+    from conftest import free_port
+
+    path = tmp_path / "nope.yaml" if which == "missing" else tmp_path
+    r = pygateway("run", "-c", str(path), "--listen", f"127.0.0.1:{free_port()}", "--workers", "1")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(path) in lines[0] and "cannot read" in lines[0], r.stderr
+
+
+# --------------------------------------------------------------------------- no config
+
+
+def test_without_config_serves_404_and_prints_how_to_add_routes(gateway) -> None:
+    gw = gateway(None, workers=1)
+    log = gw.log()
+    assert f"listening on http://127.0.0.1:{gw.port} with 1 workers" in log
+    assert "no config given" in log
+    assert "routes:" in log and "pygateway run -c" in log
+    for path in ("/", "/anything", "/a/b?c=d", "/hello"):
+        st, headers, body = get(gw.port, path)
+        assert st == 404, path
+        assert headers["content-type"].startswith("application/json")
+        assert json.loads(body) == {"error_msg": "404 Route Not Found"}

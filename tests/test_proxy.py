@@ -1,0 +1,268 @@
+"""The proxy through real sockets: routing, headers, balancing, retries, timeouts, streaming, h2c."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import subprocess
+import threading
+
+import httpx
+import orjson
+import pytest
+
+from conftest import free_port, route
+
+
+def echo(resp: httpx.Response) -> dict:
+    assert resp.status_code == 200, resp.text
+    return orjson.loads(resp.content)
+
+
+def test_proxies_and_sets_forwarded_headers(upstream, gateway):
+    up = upstream("a")
+    gw = gateway({"routes": [route("r1", "/echo/*", up)]})
+    r = httpx.get(gw.url + "/echo/x?a=1&b=two", headers={"Connection": "keep-alive, x-drop", "X-Drop": "1",
+                                                        "X-Keep": "yes"})  # fmt: skip
+    body = echo(r)
+    hdrs = dict(body["headers"])
+    assert body["path"] == "/echo/x" and body["query"] == "a=1&b=two"
+    assert hdrs["x-forwarded-for"] == "127.0.0.1"
+    assert hdrs["x-forwarded-proto"] == "http"
+    assert hdrs["x-forwarded-host"] == f"127.0.0.1:{gw.port}"
+    assert hdrs["host"] == f"127.0.0.1:{gw.port}"  # pass_host: pass (default)
+    assert hdrs["x-keep"] == "yes"
+    assert "x-drop" not in hdrs, "a header named in Connection is hop-by-hop"
+    assert r.headers["x-upstream"] == "a"
+
+
+def test_xff_appends_to_existing_chain(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r1", "/*", up)]})
+    hdrs = dict(echo(httpx.get(gw.url + "/", headers={"X-Forwarded-For": "10.1.1.1"}))["headers"])
+    assert hdrs["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+
+
+def test_not_found_is_json(upstream, gateway):
+    gw = gateway({"routes": [route("r1", "/only", upstream())]})
+    r = httpx.get(gw.url + "/other")
+    assert r.status_code == 404
+    assert r.json() == {"error_msg": "404 Route Not Found"}
+    assert r.headers["content-type"] == "application/json"
+
+
+def test_routing_precedence_and_predicates(upstream, gateway):
+    a, b, c, d, e = (upstream(n) for n in "abcde")
+    gw = gateway({"routes": [
+        route("prefix", "/api/*", a),
+        route("exact", "/api/users", b),
+        route("longer", "/api/v2/*", c),
+        route("hosted", "/h/*", d, hosts=["*.example.com"]),
+        route("fallback-host", "/h/*", e),
+        route("post-only", "/m", a, methods=["POST"], priority=10),
+        route("any-method", "/m", b),
+        route("vars", "/v", c, vars=[["arg_env", "==", "beta"], ["http_x_tier", "~~", "^gold"]], priority=5),
+        route("vars-else", "/v", d),
+        route("param", "/user/:id/profile", e),
+    ]})  # fmt: skip
+
+    def who(method: str, path: str, **kw) -> str:
+        r = httpx.request(method, gw.url + path, **kw)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.headers["x-upstream"]
+
+    assert who("GET", "/api/users") == "b"
+    assert who("GET", "/api/users/1") == "a"
+    assert who("GET", "/api/v2/x") == "c"
+    assert who("GET", "/h/1", headers={"Host": "a.example.com"}) == "d"
+    assert who("GET", "/h/1", headers={"Host": "example.com"}) == "e"
+    assert who("POST", "/m") == "a"
+    assert who("GET", "/m") == "b"
+    assert who("GET", "/v?env=beta", headers={"X-Tier": "gold-1"}) == "c"
+    assert who("GET", "/v?env=beta", headers={"X-Tier": "silver"}) == "d"
+    assert who("GET", "/user/42/profile") == "e"
+    assert httpx.get(gw.url + "/user/42").status_code == 404
+
+
+def test_remote_addrs(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r1", "/in", up, remote_addrs=["127.0.0.0/8"]),
+                             route("r2", "/out", up, remote_addrs=["10.0.0.0/8", "::1"])]})  # fmt: skip
+    assert httpx.get(gw.url + "/in").status_code == 200
+    assert httpx.get(gw.url + "/out").status_code == 404
+
+
+def test_path_normalized_before_routing_and_forwarded(upstream, gateway):
+    pub, priv = upstream("pub"), upstream("priv")
+    gw = gateway({"routes": [route("pub", "/public/*", pub), route("priv", "/private/*", priv)]})
+    for raw in ("/public/../private/x", "/public/%2e%2e/private/x", "//private//x"):
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(f"GET {raw} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert b" 200 " in head.split(b"\r\n")[0], (raw, head)
+        assert b"x-upstream: priv" in head, raw
+        assert b'"raw_path":"/private/x"' in body, (raw, body)
+
+
+def test_pass_host_modes(upstream, gateway):
+    up = upstream()
+    node = {"127.0.0.1:%d" % up.port: 1}
+    gw = gateway({"routes": [
+        {"id": "node", "uri": "/node", "upstream": {"nodes": node, "pass_host": "node"}},
+        {"id": "rewrite", "uri": "/rw", "upstream": {"nodes": node, "pass_host": "rewrite",
+                                                     "upstream_host": "internal.svc"}},
+    ]})  # fmt: skip
+    assert dict(echo(httpx.get(gw.url + "/node"))["headers"])["host"] == up.addr
+    assert dict(echo(httpx.get(gw.url + "/rw"))["headers"])["host"] == "internal.svc"
+
+
+def test_weighted_roundrobin_and_drained_node(upstream, gateway):
+    a, b, c = upstream("a"), upstream("b"), upstream("c")
+    gw = gateway({"routes": [{"id": "r", "uri": "/*", "upstream": {
+        "type": "roundrobin", "nodes": {a.addr: 3, b.addr: 1, c.addr: 0}}}]})  # fmt: skip
+    with httpx.Client() as cl:
+        seen = collections.Counter(cl.get(gw.url + "/").headers["x-upstream"] for _ in range(40))
+    assert seen == {"a": 30, "b": 10}, seen
+
+
+def test_chash_on_header_is_sticky(upstream, gateway):
+    ups = [upstream(n) for n in "abc"]
+    gw = gateway({"routes": [{"id": "r", "uri": "/*", "upstream": {
+        "type": "chash", "hash_on": "header", "key": "x-user", "nodes": {u.addr: 1 for u in ups}}}]})  # fmt: skip
+    with httpx.Client() as cl:
+        picks = {}
+        for user in range(30):
+            got = {cl.get(gw.url + "/", headers={"x-user": f"u{user}"}).headers["x-upstream"] for _ in range(3)}
+            assert len(got) == 1, "the same key must always reach the same node"
+            picks[user] = got.pop()
+    assert len(set(picks.values())) >= 2, "keys spread over nodes"
+
+
+def test_least_conn_and_ewma_serve(upstream, gateway):
+    a, b = upstream("a"), upstream("b")
+    gw = gateway({"routes": [
+        {"id": "lc", "uri": "/lc", "upstream": {"type": "least_conn", "nodes": {a.addr: 1, b.addr: 1}}},
+        {"id": "ew", "uri": "/ew", "upstream": {"type": "ewma", "nodes": {a.addr: 1, b.addr: 1}}},
+    ]})  # fmt: skip
+    for path in ("/lc", "/ew"):
+        with httpx.Client() as cl:
+            seen = {cl.get(gw.url + path).headers["x-upstream"] for _ in range(20)}
+        assert seen <= {"a", "b"} and seen, path
+
+
+def test_connection_refused_retries_next_node_then_502(upstream, gateway):
+    up = upstream("alive")
+    dead = f"127.0.0.1:{free_port()}"
+    gw = gateway({"routes": [
+        {"id": "mixed", "uri": "/m", "upstream": {"nodes": {dead: 100, up.addr: 1}}},
+        {"id": "dead", "uri": "/d", "upstream": {"nodes": {dead: 1}}},
+        {"id": "noretry", "uri": "/n", "upstream": {"nodes": {dead: 100, up.addr: 1}, "retries": 0}},
+    ]})  # fmt: skip
+    for _ in range(5):
+        assert httpx.get(gw.url + "/m").headers["x-upstream"] == "alive"
+    r = httpx.get(gw.url + "/d")
+    assert r.status_code == 502 and "error_msg" in r.json()
+    # Non-idempotent requests are not retried.
+    assert httpx.post(gw.url + "/m", content=b"x").status_code == 502
+    assert httpx.get(gw.url + "/n").status_code == 502
+
+
+def test_read_timeout_gives_504_and_route_overrides_upstream(upstream, gateway):
+    up = upstream()
+    node = {up.addr: 1}
+    gw = gateway({"routes": [
+        {"id": "up-timeout", "uri": "/delay/*", "upstream": {"nodes": node, "timeout": {"connect": 1, "send": 1,
+                                                                                           "read": 0.3}}},
+        {"id": "route-timeout", "uri": "/slow/*", "timeout": {"connect": 1, "send": 1, "read": 3},
+         "plugins": {"proxy-rewrite": {"regex_uri": ["^/slow/(.*)", "/delay/$1"]}},
+         "upstream": {"nodes": node, "timeout": {"connect": 1, "send": 1, "read": 0.3}}},
+    ]})  # fmt: skip
+    r = httpx.get(gw.url + "/delay/1000", timeout=10)
+    assert r.status_code == 504 and r.json() == {"error_msg": "upstream timed out"}
+    assert httpx.get(gw.url + "/delay/50").status_code == 200
+    assert httpx.get(gw.url + "/slow/600", timeout=10).status_code == 200
+
+
+def test_bodies_stream_both_ways(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r", "/*", up)]})
+    size = 8 * 1024 * 1024 + 7
+    with httpx.stream("GET", f"{gw.url}/big/{size}") as r:
+        assert r.status_code == 200
+        assert sum(len(c) for c in r.iter_bytes()) == size
+
+    def gen():
+        for _ in range(64):
+            yield b"y" * 16384
+
+    r = httpx.post(gw.url + "/upload", content=gen())  # chunked upload
+    assert len(echo(r)["body"]) == 64 * 16384
+
+
+def test_h2c_prior_knowledge(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r", "/*", up)]})
+    out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                          gw.url + "/h2"], capture_output=True, text=True, timeout=10)  # fmt: skip
+    assert out.stdout == "2 200", out
+
+
+def test_keepalive_reuses_connections_concurrently(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r", "/*", up)]})
+    errors: list[str] = []
+
+    def client():
+        with httpx.Client() as cl:
+            for i in range(50):
+                r = cl.get(f"{gw.url}/k{i}")
+                if r.status_code != 200 or orjson.loads(r.content)["path"] != f"/k{i}":
+                    errors.append(r.text)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_https_upstream_verifies_certificates(gateway):
+    """A TLS upstream with a certificate no public CA signed is refused (verification is on)."""
+    pytest.importorskip("ssl")
+    import ssl
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    key, crt = f"{d}/k.pem", f"{d}/c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)  # fmt: skip
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    handshakes: list[str] = []
+
+    def serve():
+        for _ in range(1):
+            conn, _ = srv.accept()
+            try:
+                ctx.wrap_socket(conn, server_side=True)
+                handshakes.append("ok")
+            except (ssl.SSLError, OSError) as e:
+                handshakes.append(type(e).__name__)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    gw = gateway({"routes": [{"id": "tls", "uri": "/*", "upstream": {
+        "scheme": "https", "pass_host": "node", "nodes": {f"localhost:{port}": 1}, "retries": 0}}]})  # fmt: skip
+    r = httpx.get(gw.url + "/", timeout=10)
+    assert r.status_code == 502
+    t.join(5)
+    assert handshakes and handshakes[0] != "ok", "the gateway must abort the handshake on an untrusted cert"
+    srv.close()
