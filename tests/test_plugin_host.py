@@ -1,0 +1,221 @@
+"""The Python plugin host: phases and their order, ctx, mutations, short-circuits, async hooks,
+errors, priorities, global rules and `_meta.disable` — with plugins loaded from a plugin dir."""
+
+from __future__ import annotations
+
+import textwrap
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+
+from conftest import route
+
+PLUGINS = textwrap.dedent('''
+    import asyncio
+    import msgspec
+    from pygateway import Plugin, Response
+
+    class Trace(Plugin):
+        """Records every phase it sees in ctx and reports the list in a response header."""
+        name = "trace"
+        priority = 100
+
+        class Config(msgspec.Struct):
+            tag: str = "t"
+
+        def rewrite(self, req, ctx):
+            ctx.setdefault("seen", []).append(f"{self.conf.tag}:rewrite")
+        def access(self, req, ctx):
+            ctx["seen"].append(f"{self.conf.tag}:access")
+        def before_proxy(self, req, ctx):
+            ctx["seen"].append(f"{self.conf.tag}:before_proxy")
+        def header_filter(self, req, resp, ctx):
+            ctx["seen"].append(f"{self.conf.tag}:header_filter")
+            resp.headers["x-seen"] = ",".join(ctx["seen"])
+        def log(self, req, resp, ctx):
+            with open(LOG_PATH, "a") as f:
+                f.write(f"{req.route_id} {req.method} {req.path} {resp.status} {ctx['seen'][0]}\\n")
+
+    class High(Plugin):
+        name = "high"
+        priority = 5000
+        def access(self, req, ctx):
+            ctx.setdefault("seen", []).append("high:access")
+
+    class Mutate(Plugin):
+        name = "mutate"
+        priority = 50
+        def access(self, req, ctx):
+            req.headers["x-added"] = "1"
+            req.headers.remove("x-secret")
+            req.path = "/rewritten" + req.path
+            req.query = "q=2"
+            req.method = "PUT"
+        def header_filter(self, req, resp, ctx):
+            resp.status = 201
+            resp.headers["x-resp"] = "set"
+            del resp.headers["x-upstream"]
+
+    class KeyCheck(Plugin):
+        name = "key-check"
+        priority = 2500
+        class Config(msgspec.Struct):
+            keys: dict[str, str]
+        def rewrite(self, req, ctx):
+            consumer = self.conf.keys.get(req.headers.get("apikey") or "")
+            if consumer is None:
+                return Response.error(401, "Missing or invalid API key")
+            req.consumer = consumer
+        def before_proxy(self, req, ctx):
+            req.headers["x-consumer"] = req.consumer
+
+    class SlowAuth(Plugin):
+        name = "slow-auth"
+        priority = 10
+        async def access(self, req, ctx):
+            await asyncio.sleep(float(req.args.get("sleep", "0")))
+            if req.args.get("deny"):
+                return Response(403, {"error_msg": "denied"}, {"x-why": "async"})
+            req.headers["x-async"] = "yes"
+
+    class Boom(Plugin):
+        name = "boom"
+        priority = 10
+        def access(self, req, ctx):
+            if req.args.get("boom"):
+                raise RuntimeError("kaboom")
+
+    class Upper(Plugin):
+        name = "upper"
+        def body_filter(self, req, resp, chunk, eof, ctx):
+            return chunk.upper()
+
+    class Steer(Plugin):
+        name = "steer"
+        class Config(msgspec.Struct):
+            port: int
+        def access(self, req, ctx):
+            req.set_upstream("127.0.0.1", self.conf.port)
+''')
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir()
+    log_path = tmp_path / "log.txt"
+    (d / "test_host_plugins.py").write_text(f"LOG_PATH = {str(log_path)!r}\n" + PLUGINS)
+    return d, log_path
+
+
+def start(gateway, plugin_dir, routes, **cfg):
+    return gateway({"routes": routes, **cfg}, args=["--plugin-dir", str(plugin_dir[0])])
+
+
+def test_phases_run_in_order_with_shared_ctx_and_log_after_response(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("r", "/p", up, plugins={"trace": {"tag": "t"}, "high": {}})])
+    r = httpx.get(gw.url + "/p")
+    assert r.status_code == 200
+    assert r.headers["x-seen"] == "t:rewrite,high:access,t:access,t:before_proxy,t:header_filter"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not plugin_dir[1].exists():
+        time.sleep(0.05)
+    assert plugin_dir[1].read_text() == "r GET /p 200 t:rewrite\n"
+
+
+def test_request_and_response_mutations(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("r", "/*", up, plugins={"mutate": {}})])
+    r = httpx.get(gw.url + "/x?q=1", headers={"x-secret": "s"})
+    assert r.status_code == 201
+    assert r.headers["x-resp"] == "set" and "x-upstream" not in r.headers
+    body = orjson.loads(r.content)
+    hdrs = dict(body["headers"])
+    assert body["method"] == "PUT" and body["path"] == "/rewritten/x" and body["query"] == "q=2"
+    assert hdrs["x-added"] == "1" and "x-secret" not in hdrs
+
+
+def test_short_circuit_and_consumer(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("r", "/*", up, plugins={"key-check": {"keys": {"k1": "jack"}}})])
+    r = httpx.get(gw.url + "/")
+    assert r.status_code == 401 and r.json() == {"error_msg": "Missing or invalid API key"}
+    r = httpx.get(gw.url + "/", headers={"apikey": "k1"})
+    assert dict(orjson.loads(r.content)["headers"])["x-consumer"] == "jack"
+
+
+def test_async_hook_does_not_block_other_requests(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("slow", "/slow", up, plugins={"slow-auth": {}}), route("fast", "/fast", up)])
+    results: dict[str, float] = {}
+
+    def slow():
+        t = time.monotonic()
+        r = httpx.get(gw.url + "/slow?sleep=1.0", timeout=10)
+        assert dict(orjson.loads(r.content)["headers"])["x-async"] == "yes"
+        results["slow"] = time.monotonic() - t
+
+    th = threading.Thread(target=slow)
+    th.start()
+    time.sleep(0.2)
+    t = time.monotonic()
+    assert httpx.get(gw.url + "/fast").status_code == 200
+    results["fast"] = time.monotonic() - t
+    th.join()
+    assert results["slow"] >= 1.0
+    assert results["fast"] < 0.5, results  # served while the async hook was sleeping (1 worker)
+    r = httpx.get(gw.url + "/slow?deny=1")
+    assert r.status_code == 403 and r.headers["x-why"] == "async" and r.json() == {"error_msg": "denied"}
+
+
+def test_raising_hook_gives_500_and_worker_keeps_serving(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("r", "/*", up, plugins={"boom": {}})])
+    r = httpx.get(gw.url + "/?boom=1")
+    assert r.status_code == 500 and r.json() == {"error_msg": "plugin error"}
+    assert httpx.get(gw.url + "/").status_code == 200
+    httpx.get(gw.url + "/?boom=1")
+    log = gw.log()
+    assert "plugin 'boom' failed in access" in log and "RuntimeError: kaboom" in log
+    assert log.count("Traceback") == 2  # once per failing request
+
+
+def test_body_filter_and_set_upstream(upstream, gateway, plugin_dir):
+    a, b = upstream("a"), upstream("b")
+    gw = start(gateway, plugin_dir, [route("u", "/u", a, plugins={"upper": {}}),
+                                     route("s", "/s", a, plugins={"steer": {"port": b.port}})])  # fmt: skip
+    r = httpx.get(gw.url + "/u")
+    assert b'"UPSTREAM":"A"' in r.content
+    assert httpx.get(gw.url + "/s").headers["x-upstream"] == "b"
+
+
+def test_global_rules_run_first_and_meta_disable(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [
+        route("r", "/r", up, plugins={"trace": {"tag": "route"}}),
+        route("off", "/off", up, plugins={"trace": {"tag": "route"}, "high": {"_meta": {"disable": True}}}),
+    ], global_rules=[{"id": "g", "plugins": {"high": {}, "trace": {"tag": "g"}}}])  # fmt: skip
+    # Within each phase the global rule's plugins run before the route's, whatever their priority.
+    seen = httpx.get(gw.url + "/r").headers["x-seen"].split(",")
+    assert seen[:5] == ["g:rewrite", "route:rewrite", "high:access", "g:access", "route:access"], seen
+    # A disabled plugin on the route does not disable the global rule's copy.
+    assert "high:access" in httpx.get(gw.url + "/off").headers["x-seen"]
+
+
+def test_plugin_config_error_names_route_plugin_field(upstream, gateway, plugin_dir, tmp_path):
+    up = upstream()
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"routes": [route("r9", "/", up, plugins={"key-check": {"keys": "nope"}})]}))
+    out = subprocess.run([sys.executable, "-m", "pygateway.cli", "validate", str(cfg), "--plugin-dir",
+                          str(plugin_dir[0])], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 1
+    assert "routes[r9].plugins.key-check.keys" in out.stderr, out.stderr
