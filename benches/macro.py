@@ -235,6 +235,13 @@ def children_ticks() -> int:
     return round((ru.ru_utime + ru.ru_stime) * CLK_TCK)
 
 
+def cpu_task_ticks() -> int:
+    """user+nice+system jiffies of all CPUs: time charged to tasks (irq/softirq excluded, as they are
+    from per-process times)."""
+    parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(parts[1]) + int(parts[2]) + int(parts[3])
+
+
 def cpu_busy(cpu: int | None) -> tuple[int, int]:
     """(busy, total) jiffies of one CPU (None = all CPUs) from /proc/stat."""
     want = "cpu" if cpu is None else f"cpu{cpu}"
@@ -407,7 +414,8 @@ class Bench:
                 break
             time.sleep(0.05)
         tail = "\n".join(path.read_text(errors="replace").splitlines()[-20:])
-        raise RuntimeError(f"gateway did not print {needle!r} within {timeout:.0f}s; log tail:\n{tail}")
+        why = f"exited with {proc.returncode}" if proc.poll() is not None else f"did not print {needle!r} within {timeout:.0f}s"
+        raise RuntimeError(f"gateway {why}; log tail:\n{tail}")
 
     def check(self, sc: Scenario, port: int) -> None:
         res = http_get(port, sc.path, sc.headers, n=2)
@@ -430,12 +438,12 @@ class Bench:
             up_pids = tree_pids(self.upstream.pid)
             load_cpu0 = int(self.a.load_cpu.split(",")[0])
             b0, t0 = cpu_busy(load_cpu0)
-            a0, u0, k0 = cpu_busy(None)[0], cpu_ticks(up_pids), children_ticks()
+            a0, u0, k0 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
             c0, w0 = cpu_ticks(pids), time.monotonic()
             out, res = run_wrk(self.a.load_cpu, port, sc, self.a.duration, self.a.conns)
             c1, w1 = cpu_ticks(tree_pids(proc.pid)), time.monotonic()  # threads may come and go: re-list
             b1, t1 = cpu_busy(load_cpu0)
-            a1, u1, k1 = cpu_busy(None)[0], cpu_ticks(up_pids), children_ticks()
+            a1, u1, k1 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
             if proc.poll() is not None:
                 raise RuntimeError(f"{sc.name}: server exited during the run")
             (self.work / f"{tag}.wrk.txt").write_text(out)

@@ -272,11 +272,11 @@ def _yaml_error(name: str, e: yaml.YAMLError) -> str:
 
 def _top_level_errors(raw: dict[Any, Any]) -> list[str]:
     errors = []
-    for key in raw:
+    for key, value in raw.items():
         if key in COLLECTIONS:
             continue
         if key == "plugin_dirs":
-            if not (isinstance(raw[key], list) and all(isinstance(d, str) for d in raw[key])):
+            if not (isinstance(value, list) and all(isinstance(d, str) for d in value)):
                 errors.append("plugin_dirs: expected array of directory paths")
             continue
         if key in UNSUPPORTED:

@@ -61,7 +61,7 @@ class Chain:
                 out = hook(req, ctx)
                 if out is not None:
                     return _as_response(out, plugin)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
                 return _report(plugin, phase, exc)
         return None
 
@@ -73,7 +73,7 @@ class Chain:
                     out = await out
                 if out is not None:
                     return _as_response(out, plugin)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
                 return _report(plugin, phase, exc)
         return None
 
@@ -81,7 +81,7 @@ class Chain:
         for plugin, hook in self.hooks[HEADER_FILTER]:
             try:
                 hook(req, resp, ctx)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
                 return _report(plugin, HEADER_FILTER, exc)
         return None
 
@@ -100,7 +100,7 @@ class Chain:
         for plugin, hook in self.hooks[LOG]:
             try:
                 hook(req, resp, ctx)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
                 _report(plugin, LOG, exc)
 
 

@@ -34,7 +34,7 @@ PHASES: tuple[str, ...] = ("rewrite", "access", "before_proxy", "header_filter",
 class Response:
     """A response made by the gateway; return it from `rewrite`/`access`/`before_proxy` to short-circuit."""
 
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(
         self,

@@ -73,7 +73,7 @@ class Gateway:
             self.wait_log("rejected; still serving version")
 
     def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False).stdout
         return [int(p) for p in out.split()]
 
 

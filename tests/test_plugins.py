@@ -107,7 +107,9 @@ def test_proxy_rewrite_uri_keeps_query_and_resolves_variables(
     gw = start(
         gateway,
         route("plain", "/plain", up, plugins={"proxy-rewrite": {"uri": "/new/path"}}),
-        route("vars", "/vars", up, plugins={"proxy-rewrite": {"uri": "/u/$arg_name/${http_x_user}/$missing"}}),
+        route(
+            "vars", "/vars", up, plugins={"proxy-rewrite": {"uri": "/u/$arg_name/${http_x_user}/$missing"}}
+        ),
         route("q", "/q", up, plugins={"proxy-rewrite": {"uri": "/with?x=1"}}),
     )
     b = client.get(f"{gw.url}/plain", params={"a": "1"}).json()
@@ -124,7 +126,9 @@ def test_proxy_rewrite_regex_uri_first_match_wins(
     upstream: Callable[..., Upstream], gateway: Callable[..., Gateway], client: httpx.Client
 ) -> None:
     up = upstream()
-    conf = {"regex_uri": [r"^/re/(\w+)/(\w+)$", "/$2-${1}", "^/re/other/(.*)", "/o/$1", "^/re/(.*)", "/any/$1"]}
+    conf = {
+        "regex_uri": [r"^/re/(\w+)/(\w+)$", "/$2-${1}", "^/re/other/(.*)", "/o/$1", "^/re/(.*)", "/any/$1"]
+    }
     gw = start(gateway, route("re", "/re/*", up, plugins={"proxy-rewrite": conf}),
                route("nomatch", "/keep/*", up, plugins={"proxy-rewrite": {"regex_uri": ["^/zzz", "/x"]}}))  # fmt: skip
     assert client.get(f"{gw.url}/re/hello/world").json()["path"] == "/world-hello"
@@ -158,7 +162,9 @@ def test_proxy_rewrite_headers_add_set_remove(
     gw = start(
         gateway,
         route("h", "/h/*", up, plugins={"proxy-rewrite": conf}),
-        route("flat", "/flat", up, plugins={"proxy-rewrite": {"headers": {"X-Api-Version": "v3", "X-Gone": ""}}}),
+        route(
+            "flat", "/flat", up, plugins={"proxy-rewrite": {"headers": {"X-Api-Version": "v3", "X-Gone": ""}}}
+        ),
     )
     r = client.get(f"{gw.url}/h/abc", params={"a": "q"},
                    headers={"X-Multi": "orig", "X-Api-Version": "v1", "X-Secret": "s"})  # fmt: skip
@@ -198,14 +204,20 @@ def test_response_rewrite_status_headers_and_body(
         "body": '{"code":"ok"}\n',
         "headers": {
             "add": ["X-Added: one", "X-Client: $remote_addr"],
-            "set": {"X-Server-Id": 3, "Content-Type": "application/json; charset=utf-8", "X-Status": "$status"},
+            "set": {
+                "X-Server-Id": 3,
+                "Content-Type": "application/json; charset=utf-8",
+                "X-Status": "$status",
+            },
             "remove": ["x-upstream"],
         },
     }
     gw = start(
         gateway,
         route("rr", "/rr", up, plugins={"response-rewrite": conf}),
-        route("flat", "/flat", up, plugins={"response-rewrite": {"headers": {"X-Upstream": "", "X-New": "n"}}}),
+        route(
+            "flat", "/flat", up, plugins={"response-rewrite": {"headers": {"X-Upstream": "", "X-New": "n"}}}
+        ),
     )
     r = client.get(f"{gw.url}/rr")
     assert r.status_code == 201
@@ -270,7 +282,15 @@ def test_response_rewrite_vars_condition(
         gateway,
         route("err", "/status/*", up, plugins={"response-rewrite": on_error}),
         route("hdr", "/hdr", up, plugins={"response-rewrite": by_header}),
-        route("logic", "/logic/*", up, plugins={"response-rewrite": logic}),
+        route(
+            "logic",
+            "/logic/*",
+            up,
+            plugins={
+                "proxy-rewrite": {"regex_uri": ["^/logic/(.*)", "/status/$1"]},
+                "response-rewrite": logic,
+            },
+        ),
     )
     r = client.get(f"{gw.url}/status/500")
     assert (r.status_code, r.content) == (200, b"masked")
@@ -278,8 +298,9 @@ def test_response_rewrite_vars_condition(
     assert r.status_code == 404 and r.json()["path"] == "/status/404"
     assert client.get(f"{gw.url}/hdr", params={"v": "2"}).headers.get("x-matched") == "yes"
     assert "x-matched" not in client.get(f"{gw.url}/hdr", params={"v": "3"}).headers
-    assert client.get(f"{gw.url}/logic/x").headers.get("x-matched") == "yes"  # 404 from echo: not < 400
-    assert client.get(f"{gw.url}/logic/x", headers={"X-A": "1"}).headers.get("x-matched") == "yes"
+    assert client.get(f"{gw.url}/logic/404").headers.get("x-matched") == "yes"  # not < 400
+    assert "x-matched" not in client.get(f"{gw.url}/logic/200").headers
+    assert client.get(f"{gw.url}/logic/200", headers={"X-A": "1"}).headers.get("x-matched") == "yes"
 
 
 def test_response_rewrite_vars_negative_on_success(
@@ -310,11 +331,15 @@ def test_plugins_compose_on_one_route(
 
 # ============================================================================ config errors
 def validate(tmp_path: Path, plugins: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    cfg = {"routes": [{"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}}, "plugins": plugins}]}
+    cfg = {
+        "routes": [
+            {"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}}, "plugins": plugins}
+        ]
+    }
     path = tmp_path / "apisix.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run([sys.executable, "-m", "pygateway.cli", "validate", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -365,7 +390,7 @@ def test_valid_plugin_config_passes_validate(tmp_path: Path) -> None:
 
 
 # ============================================================================ a failing plugin
-BOOM = '''
+BOOM = """
 from pygateway import Plugin
 
 
@@ -377,7 +402,7 @@ class Boom(Plugin):
         if req.args.get("fail") == "1":
             raise RuntimeError("boom")
         return None
-'''
+"""
 
 
 def test_raising_plugin_gives_500_and_gateway_keeps_serving(

@@ -10,7 +10,6 @@ import threading
 import httpx
 import orjson
 import pytest
-
 from conftest import free_port, route
 
 
@@ -109,7 +108,7 @@ def test_path_normalized_before_routing_and_forwarded(upstream, gateway):
 
 def test_pass_host_modes(upstream, gateway):
     up = upstream()
-    node = {"127.0.0.1:%d" % up.port: 1}
+    node = {up.addr: 1}
     gw = gateway({"routes": [
         {"id": "node", "uri": "/node", "upstream": {"nodes": node, "pass_host": "node"}},
         {"id": "rewrite", "uri": "/rw", "upstream": {"nodes": node, "pass_host": "rewrite",
@@ -206,7 +205,7 @@ def test_h2c_prior_knowledge(upstream, gateway):
     up = upstream()
     gw = gateway({"routes": [route("r", "/*", up)]})
     out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
-                          gw.url + "/h2"], capture_output=True, text=True, timeout=10)  # fmt: skip
+                          gw.url + "/h2"], capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
     assert out.stdout == "2 200", out
 
 

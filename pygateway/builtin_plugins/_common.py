@@ -67,7 +67,7 @@ def request_var(req: Any, name: str, resp: Any = None) -> str | None:
     if resp is not None:
         for prefix in ("sent_http_", "upstream_http_"):
             if name.startswith(prefix):
-                return _header_var(resp.headers, name[len(prefix):])
+                return _header_var(resp.headers, name[len(prefix) :])
         if name in ("status", "upstream_status"):
             return str(resp.status)
     if name == "uri":
@@ -192,25 +192,25 @@ def _leaf(rule: list[Any], path: str) -> Expr:
         var, op, value = rule
         negate = False
     else:
-        raise invalid(path, "expected [var, operator, value] or [var, \"!\", operator, value]")
+        raise invalid(path, 'expected [var, operator, value] or [var, "!", operator, value]')
     if not isinstance(var, str) or not var:
         raise invalid(path, "the variable name must be a non-empty string")
     test: Callable[[str | None, Any], bool]
     if op == "==":
         test = _eq
     elif op == "~=":
-        test = lambda left, right: not _eq(left, right)  # noqa: E731
+        test = lambda left, right: not _eq(left, right)
     elif op in (">", ">=", "<", "<="):
         test = _cmp(op)
     elif op in ("~~", "~*"):
         if not isinstance(value, str):
             raise invalid(path, f"operator {op} needs a regex string")
         rx = compile_regex(value, path, re.IGNORECASE if op == "~*" else 0)
-        test = lambda left, _right: left is not None and rx.search(left) is not None  # noqa: E731
+        test = lambda left, _right: left is not None and rx.search(left) is not None
     elif op == "in":
         if not isinstance(value, list):
             raise invalid(path, "operator in needs an array value")
-        test = lambda left, right: any(_eq(left, v) for v in right)  # noqa: E731
+        test = lambda left, right: any(_eq(left, v) for v in right)
     else:
         raise invalid(path, f"unsupported operator {op!r} (supported: ==, ~=, >, >=, <, <=, ~~, ~*, in)")
 
@@ -228,7 +228,7 @@ def compile_expr(rules: Any, path: str) -> Expr:
     logic, start = "AND", 0
     if rules and isinstance(rules[0], str):
         if rules[0] not in _LOGIC:
-            raise invalid(path, "expected an array of rules, e.g. [[\"status\", \"==\", 200]]")
+            raise invalid(path, 'expected an array of rules, e.g. [["status", "==", 200]]')
         logic, start = rules[0], 1
     children: list[Expr] = []
     for i in range(start, len(rules)):

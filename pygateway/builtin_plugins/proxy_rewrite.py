@@ -40,6 +40,7 @@ _ACTIONS = ("add", "set", "remove")
 
 def _header_ops(raw: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
     """(add, set, remove) from either header form; "" in add/set means remove."""
+
     def pairs(obj: Any, path: str) -> list[tuple[str, str]]:
         if not isinstance(obj, dict) or not obj:
             raise invalid(path, "expected a non-empty object of header: value")
@@ -86,7 +87,9 @@ class ProxyRewrite(Plugin):
     @staticmethod
     def _compile(conf: Any) -> tuple[list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]], Any]:
         if conf.use_real_request_uri_unsafe:
-            raise invalid("use_real_request_uri_unsafe", "true is not supported (paths are always normalized)")
+            raise invalid(
+                "use_real_request_uri_unsafe", "true is not supported (paths are always normalized)"
+            )
         rules = []
         if conf.regex_uri is not None:
             if len(conf.regex_uri) % 2:

@@ -48,12 +48,19 @@ impl Body for GwBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             GwBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
-            GwBody::Filtered { inner, filter, done } => {
+            GwBody::Filtered {
+                inner,
+                filter,
+                done,
+            } => {
                 if *done {
                     return Poll::Ready(None);
                 }

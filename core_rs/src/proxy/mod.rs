@@ -30,22 +30,29 @@ pub struct Shared {
 
 /// A short JSON error made by the gateway.
 pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
-    let body = format!("{{\"error_msg\":{}}}", serde_json::Value::String(msg.into()));
+    let body = format!(
+        "{{\"error_msg\":{}}}",
+        serde_json::Value::String(msg.into())
+    );
     let mut r = Response::new(GwBody::full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
-    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 fn short(resp: ShortResponse) -> Response<GwBody> {
     let mut r = Response::new(GwBody::full(resp.body));
-    *r.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     host::apply_headers(r.headers_mut(), &resp.headers);
     r
 }
@@ -118,13 +125,19 @@ fn limit_key<'a>(k: &LimitKey, vars: &'a ReqVars<'a>) -> Option<std::borrow::Cow
     match k {
         LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(vars.remote.to_string())),
         LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
-        LimitKey::Header(h) => vars.headers.get(h.as_str()).map(|v| String::from_utf8_lossy(v.as_bytes())),
+        LimitKey::Header(h) => vars
+            .headers
+            .get(h.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes())),
         LimitKey::Var(name) => vars.var(name),
     }
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// Everything needed to build the upstream request, after plugins have had their say.
@@ -137,13 +150,24 @@ struct Outgoing {
     node_override: Option<(String, u16)>,
 }
 
-pub async fn handle(shared: Rc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<GwBody> {
+pub async fn handle(
+    shared: Rc<Shared>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<GwBody> {
     if let Some(why) = framing_error(req.headers()) {
         return with_close(error_response(StatusCode::BAD_REQUEST, why));
     }
-    let uri_len = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    let uri_len = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().len())
+        .unwrap_or(0);
     if uri_len > shared.max_uri_len {
-        return with_close(error_response(StatusCode::URI_TOO_LONG, "request URI too long"));
+        return with_close(error_response(
+            StatusCode::URI_TOO_LONG,
+            "request URI too long",
+        ));
     }
     let path = match normalize::normalize_path(req.uri().path()) {
         Ok(p) => p.into_owned(),
@@ -151,7 +175,10 @@ pub async fn handle(shared: Rc<Shared>, req: Request<Incoming>, peer: SocketAddr
     };
     let host = host_of(&req);
     let remote = match peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     };
     let table = shared.table.load_full();
@@ -246,7 +273,12 @@ pub async fn handle(shared: Rc<Shared>, req: Request<Incoming>, peer: SocketAddr
                 if !d.allowed {
                     let mut r = rejected(lc.rejected_code, lc.rejected_msg.as_deref());
                     if lc.show_headers {
-                        quota_headers(r.headers_mut(), lc.count, 0, d.reset_ns.div_ceil(1_000_000_000));
+                        quota_headers(
+                            r.headers_mut(),
+                            lc.count,
+                            0,
+                            d.reset_ns.div_ceil(1_000_000_000),
+                        );
                     }
                     return finish_resp(route, preq, r);
                 }
@@ -257,10 +289,12 @@ pub async fn handle(shared: Rc<Shared>, req: Request<Incoming>, peer: SocketAddr
         }
         if let Some(lr) = &route.limit_req {
             if let Some(k) = limit_key(&lr.key, &vars) {
-                match shared
-                    .shm
-                    .gcra(lr.seed ^ key_hash(&[k.as_bytes()]), lr.rate, lr.burst, monotonic_ns())
-                {
+                match shared.shm.gcra(
+                    lr.seed ^ key_hash(&[k.as_bytes()]),
+                    lr.rate,
+                    lr.burst,
+                    monotonic_ns(),
+                ) {
                     Err(()) => {
                         let r = rejected(lr.rejected_code, lr.rejected_msg.as_deref());
                         return finish_resp(route, preq, r);
@@ -325,7 +359,11 @@ fn finish_short(chain: &Arc<PyChain>, preq: PyReq, r: ShortResponse) -> Response
     finish_with_chain(chain, preq, short(r))
 }
 
-fn finish_resp(route: &CompiledRoute, preq: Option<PyReq>, resp: Response<GwBody>) -> Response<GwBody> {
+fn finish_resp(
+    route: &CompiledRoute,
+    preq: Option<PyReq>,
+    resp: Response<GwBody>,
+) -> Response<GwBody> {
     match (&route.chain, preq) {
         (Some(chain), Some(p)) => finish_with_chain(chain, p, resp),
         _ => resp,
@@ -333,7 +371,11 @@ fn finish_resp(route: &CompiledRoute, preq: Option<PyReq>, resp: Response<GwBody
 }
 
 /// Response phases: header_filter, body_filter (streamed), log (when the body is done).
-fn finish_with_chain(chain: &Arc<PyChain>, mut preq: PyReq, resp: Response<GwBody>) -> Response<GwBody> {
+fn finish_with_chain(
+    chain: &Arc<PyChain>,
+    mut preq: PyReq,
+    resp: Response<GwBody>,
+) -> Response<GwBody> {
     let (mut parts, body) = resp.into_parts();
     let mut status = parts.status.as_u16();
     if let Some(err) = chain.header_filter(&mut preq, &mut status, &mut parts.headers) {
@@ -361,7 +403,10 @@ fn finish_with_chain(chain: &Arc<PyChain>, mut preq: PyReq, resp: Response<GwBod
     if chain.has(host::LOG) {
         let chain = chain.clone();
         let preq = preq.clone();
-        body = GwBody::Hooked(Box::new(body), DropHook(Some(Box::new(move || chain.log(&preq)))));
+        body = GwBody::Hooked(
+            Box::new(body),
+            DropHook(Some(Box::new(move || chain.log(&preq)))),
+        );
     }
     Response::from_parts(parts, body)
 }
@@ -398,14 +443,19 @@ async fn proxy_to_upstream(
     let u = &route.upstream;
     strip_hop_by_hop(&mut out.headers);
     // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
-    let xff = match out.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match out
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {remote}"),
         None => remote.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         out.headers.insert("x-forwarded-for", v);
     }
-    out.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    out.headers
+        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
     if let Some(h) = &orig_host {
         out.headers.insert("x-forwarded-host", h.clone());
     }
@@ -423,22 +473,38 @@ async fn proxy_to_upstream(
     loop {
         let (authority, node_idx) = match &out.node_override {
             Some((h, p)) => {
-                let h = if h.contains(':') && !h.starts_with('[') { format!("[{h}]") } else { h.clone() };
+                let h = if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
                 match HeaderValue::from_str(&format!("{h}:{p}")) {
                     Ok(a) => (a, None),
-                    Err(_) => return error_response(StatusCode::BAD_GATEWAY, "invalid upstream node set by plugin"),
+                    Err(_) => {
+                        return error_response(
+                            StatusCode::BAD_GATEWAY,
+                            "invalid upstream node set by plugin",
+                        )
+                    }
                 }
             }
             None => match u.balancer.pick(hkey.as_deref(), &tried) {
                 Some(i) => (u.nodes[i].authority.clone(), Some(i)),
-                None => return error_response(StatusCode::BAD_GATEWAY, "no upstream node available"),
+                None => {
+                    return error_response(StatusCode::BAD_GATEWAY, "no upstream node available")
+                }
             },
         };
-        let uri: Uri = match format!("{scheme}://{}{}", authority.to_str().unwrap_or(""), path_q).parse() {
-            Ok(u) => u,
-            Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request URI"),
+        let uri: Uri =
+            match format!("{scheme}://{}{}", authority.to_str().unwrap_or(""), path_q).parse() {
+                Ok(u) => u,
+                Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request URI"),
+            };
+        let mut headers = if can_retry {
+            out.headers.clone()
+        } else {
+            std::mem::take(&mut out.headers)
         };
-        let mut headers = if can_retry { out.headers.clone() } else { std::mem::take(&mut out.headers) };
         let host_value = match &u.pass_host {
             PassHost::Pass => orig_host.clone(),
             PassHost::Node => Some(authority.clone()),
@@ -477,8 +543,14 @@ async fn proxy_to_upstream(
             }
             Ok(Err(e)) => {
                 let connect_failed = upstream::is_connect_error(&e);
-                if connect_failed && upstream::is_timeout(&e) && !(can_retry && more_tries(u, &tried, node_idx)) {
-                    return error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out");
+                if connect_failed
+                    && upstream::is_timeout(&e)
+                    && !(can_retry && more_tries(u, &tried, node_idx))
+                {
+                    return error_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream connect timed out",
+                    );
                 }
                 if connect_failed && can_retry && out.node_override.is_none() {
                     if let Some(i) = node_idx {

@@ -67,14 +67,19 @@ pub fn normalize_path(path: &str) -> Result<std::borrow::Cow<'_, str>, PathError
         let b = raw[i];
         match b {
             b'%' => {
-                let (h, l) = match (raw.get(i + 1).and_then(|&c| hex(c)), raw.get(i + 2).and_then(|&c| hex(c))) {
+                let (h, l) = match (
+                    raw.get(i + 1).and_then(|&c| hex(c)),
+                    raw.get(i + 2).and_then(|&c| hex(c)),
+                ) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadEscape),
                 };
                 let v = h * 16 + l;
                 match v {
                     b'/' => return Err(PathError::Forbidden("encoded '/' in path is not allowed")),
-                    b'\\' => return Err(PathError::Forbidden("encoded '\\' in path is not allowed")),
+                    b'\\' => {
+                        return Err(PathError::Forbidden("encoded '\\' in path is not allowed"))
+                    }
                     0 => return Err(PathError::Forbidden("NUL in path is not allowed")),
                     _ if is_unreserved(v) => decoded.push(v),
                     _ => {
@@ -149,8 +154,14 @@ mod tests {
         }
         let bad = [
             ("a/b", PathError::NotAbsolute),
-            ("/a%2fb", PathError::Forbidden("encoded '/' in path is not allowed")),
-            ("/a%5Cb", PathError::Forbidden("encoded '\\' in path is not allowed")),
+            (
+                "/a%2fb",
+                PathError::Forbidden("encoded '/' in path is not allowed"),
+            ),
+            (
+                "/a%5Cb",
+                PathError::Forbidden("encoded '\\' in path is not allowed"),
+            ),
             ("/a\\b", PathError::Forbidden("'\\' in path is not allowed")),
             ("/a%00", PathError::Forbidden("NUL in path is not allowed")),
             ("/a%zz", PathError::BadEscape),
@@ -163,6 +174,9 @@ mod tests {
 
     #[test]
     fn plain_paths_borrow() {
-        assert!(matches!(normalize_path("/api/v1/users").unwrap(), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            normalize_path("/api/v1/users").unwrap(),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

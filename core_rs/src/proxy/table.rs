@@ -105,7 +105,9 @@ fn parse_key(key: &str) -> LimitKey {
     match key {
         "remote_addr" => LimitKey::RemoteAddr,
         "consumer_name" => LimitKey::ConsumerName,
-        k if k.starts_with("http_") => LimitKey::Header(k[5..].replace('_', "-").to_ascii_lowercase()),
+        k if k.starts_with("http_") => {
+            LimitKey::Header(k[5..].replace('_', "-").to_ascii_lowercase())
+        }
         k => LimitKey::Var(k.to_string()),
     }
 }
@@ -148,7 +150,10 @@ fn default_true() -> bool {
     true
 }
 
-fn plugin_conf<T: for<'de> Deserialize<'de>>(route: &RouteConf, name: &str) -> Result<Option<T>, CompileError> {
+fn plugin_conf<T: for<'de> Deserialize<'de>>(
+    route: &RouteConf,
+    name: &str,
+) -> Result<Option<T>, CompileError> {
     match route.plugins.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v.clone())
@@ -158,8 +163,11 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(route: &RouteConf, name: &str) -> R
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
-    let err = |field: &str, msg: String| CompileError(format!("routes[{route_id}].upstream.{field}: {msg}"));
-    let kind = LbKind::parse(&u.lb_type).ok_or_else(|| err("type", format!("unknown balancer {:?}", u.lb_type)))?;
+    let err = |field: &str, msg: String| {
+        CompileError(format!("routes[{route_id}].upstream.{field}: {msg}"))
+    };
+    let kind = LbKind::parse(&u.lb_type)
+        .ok_or_else(|| err("type", format!("unknown balancer {:?}", u.lb_type)))?;
     let mut nodes = Vec::with_capacity(u.nodes.len());
     for n in &u.nodes {
         let host = if n.host.contains(':') && !n.host.starts_with('[') {
@@ -169,7 +177,11 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
         };
         let authority = HeaderValue::from_str(&format!("{host}:{}", n.port))
             .map_err(|_| err("nodes", format!("invalid host {:?}", n.host)))?;
-        nodes.push(Node { host, port: n.port, authority });
+        nodes.push(Node {
+            host,
+            port: n.port,
+            authority,
+        });
     }
     if nodes.is_empty() {
         return Err(err("nodes", "at least one node is required".into()));
@@ -180,7 +192,10 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
         "node" => PassHost::Node,
         "rewrite" => {
             let h = u.upstream_host.as_deref().unwrap_or("");
-            PassHost::Rewrite(HeaderValue::from_str(h).map_err(|_| err("upstream_host", "invalid host".into()))?)
+            PassHost::Rewrite(
+                HeaderValue::from_str(h)
+                    .map_err(|_| err("upstream_host", "invalid host".into()))?,
+            )
         }
         other => return Err(err("pass_host", format!("unknown value {other:?}"))),
     };
@@ -192,13 +207,20 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
     let key = u.key.clone().unwrap_or_default();
     let hash_on = match (kind_is_chash(&u.lb_type), u.hash_on.as_str()) {
         (false, _) => HashOn::None,
-        (true, "vars") => HashOn::Var(if key.is_empty() { "remote_addr".into() } else { key }),
+        (true, "vars") => HashOn::Var(if key.is_empty() {
+            "remote_addr".into()
+        } else {
+            key
+        }),
         (true, "header") => HashOn::Header(key.to_ascii_lowercase()),
         (true, "cookie") => HashOn::Cookie(key),
         (true, "consumer") => HashOn::Consumer,
         (true, other) => return Err(err("hash_on", format!("unsupported value {other:?}"))),
     };
-    let retries = u.retries.map(|r| r as usize).unwrap_or(nodes.len().saturating_sub(1));
+    let retries = u
+        .retries
+        .map(|r| r as usize)
+        .unwrap_or(nodes.len().saturating_sub(1));
     Ok(Upstream {
         balancer: Balancer::new(kind, &weights),
         nodes,
@@ -213,7 +235,10 @@ fn kind_is_chash(t: &str) -> bool {
     t == "chash"
 }
 
-fn compile_route(r: &RouteConf, chain: Option<Arc<PyChain>>) -> Result<CompiledRoute, CompileError> {
+fn compile_route(
+    r: &RouteConf,
+    chain: Option<Arc<PyChain>>,
+) -> Result<CompiledRoute, CompileError> {
     let u = r
         .upstream
         .as_ref()
@@ -242,7 +267,10 @@ fn compile_route(r: &RouteConf, chain: Option<Arc<PyChain>>) -> Result<CompiledR
     });
     if let Some(l) = &limit_req {
         if l.rate <= 0.0 || l.burst < 0.0 {
-            return Err(CompileError(format!("routes[{}].plugins.limit-req.rate: must be > 0", r.id)));
+            return Err(CompileError(format!(
+                "routes[{}].plugins.limit-req.rate: must be > 0",
+                r.id
+            )));
         }
     }
     if let Some(l) = &limit_count {
@@ -291,7 +319,11 @@ impl RouteTable {
             })
             .collect();
         let router = Router::build(&specs).map_err(|e| {
-            let id = snap.routes.get(e.route).map(|r| r.id.as_str()).unwrap_or("?");
+            let id = snap
+                .routes
+                .get(e.route)
+                .map(|r| r.id.as_str())
+                .unwrap_or("?");
             CompileError(format!("routes[{id}].{}: {}", e.field, e.message))
         })?;
         let mut routes = Vec::with_capacity(snap.routes.len());

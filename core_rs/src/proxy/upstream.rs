@@ -21,13 +21,15 @@ fn build_client(connect_timeout: Duration) -> UpstreamClient {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("rustls protocol versions")
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
-        .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .expect("rustls protocol versions")
+    .with_root_certificates(rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -45,7 +47,12 @@ fn build_client(connect_timeout: Duration) -> UpstreamClient {
 /// The worker's client for this connect timeout (created on first use, then reused).
 pub fn client_for(connect_timeout: Duration) -> UpstreamClient {
     let key = connect_timeout.as_millis() as u64;
-    CLIENTS.with(|c| c.borrow_mut().entry(key).or_insert_with(|| build_client(connect_timeout)).clone())
+    CLIENTS.with(|c| {
+        c.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| build_client(connect_timeout))
+            .clone()
+    })
 }
 
 /// True when the failure happened before the request was sent (safe to try another node).

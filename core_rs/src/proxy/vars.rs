@@ -19,15 +19,25 @@ pub struct ReqVars<'a> {
 /// Decode `application/x-www-form-urlencoded` text (`+` is a space).
 pub fn form_decode(s: &str) -> String {
     let replaced = s.replace('+', " ");
-    percent_encoding::percent_decode_str(&replaced).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(&replaced)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 pub fn query_arg<'q>(query: &'q str, name: &str) -> Option<Cow<'q, str>> {
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key_matches = if k.contains('%') || k.contains('+') { form_decode(k) == name } else { k == name };
+        let key_matches = if k.contains('%') || k.contains('+') {
+            form_decode(k) == name
+        } else {
+            k == name
+        };
         if key_matches {
-            return Some(if v.contains('%') || v.contains('+') { Cow::Owned(form_decode(v)) } else { Cow::Borrowed(v) });
+            return Some(if v.contains('%') || v.contains('+') {
+                Cow::Owned(form_decode(v))
+            } else {
+                Cow::Borrowed(v)
+            });
         }
     }
     None
@@ -48,12 +58,15 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 }
 
 fn header<'h>(headers: &'h HeaderMap, var_suffix: &str) -> Option<Cow<'h, str>> {
-    let name: Cow<'_, str> = if var_suffix.contains('_') || var_suffix.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(var_suffix.replace('_', "-").to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(var_suffix)
-    };
-    headers.get(name.as_ref()).map(|v| String::from_utf8_lossy(v.as_bytes()))
+    let name: Cow<'_, str> =
+        if var_suffix.contains('_') || var_suffix.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(var_suffix.replace('_', "-").to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(var_suffix)
+        };
+    headers
+        .get(name.as_ref())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 impl VarSource for ReqVars<'_> {

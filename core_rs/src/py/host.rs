@@ -5,7 +5,9 @@
 //! Async phases are handed to the worker's asyncio loop thread and awaited through a oneshot channel;
 //! the I/O thread keeps serving other requests meanwhile.
 use crate::proxy::body::{BoxError, ChunkFilter};
-use crate::py::views::{lock_state, lock_status, response_parts, PyHeaders, PyRequest, PyResponseView, ReqState};
+use crate::py::views::{
+    lock_state, lock_status, response_parts, PyHeaders, PyRequest, PyResponseView, ReqState,
+};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pyo3::prelude::*;
@@ -144,11 +146,14 @@ impl PyChain {
     pub async fn request_phase(&self, submit: &PyObj<PyAny>, preq: &PyReq, phase: u8) -> Flow {
         if self.async_phases & (1 << phase) == 0 {
             return Python::attach(|py| {
-                let r = self
-                    .obj
-                    .get()
-                    .bind(py)
-                    .call_method1("run", (phase, preq.req.get().clone_ref(py), preq.ctx.get().clone_ref(py)));
+                let r = self.obj.get().bind(py).call_method1(
+                    "run",
+                    (
+                        phase,
+                        preq.req.get().clone_ref(py),
+                        preq.ctx.get().clone_ref(py),
+                    ),
+                );
                 Self::flow(py, r)
             });
         }
@@ -156,9 +161,18 @@ impl PyChain {
         let submitted = Python::attach(|py| -> PyResult<()> {
             let coro = self.obj.get().bind(py).call_method1(
                 "run_async",
-                (phase, preq.req.get().clone_ref(py), preq.ctx.get().clone_ref(py)),
+                (
+                    phase,
+                    preq.req.get().clone_ref(py),
+                    preq.ctx.get().clone_ref(py),
+                ),
             )?;
-            let waker = Py::new(py, Waker { tx: Mutex::new(Some(tx)) })?;
+            let waker = Py::new(
+                py,
+                Waker {
+                    tx: Mutex::new(Some(tx)),
+                },
+            )?;
             submit.get().bind(py).call1((coro, waker))?;
             Ok(())
         });
@@ -179,7 +193,7 @@ impl PyChain {
         match r {
             Ok(v) if v.is_none() => Flow::Continue,
             Ok(v) => match response_parts(&v) {
-                Ok((status, headers, body)) => Flow::Respond(ShortResponse { status, headers, body }),
+                Ok(resp) => Flow::Respond(resp),
                 Err(e) => {
                     log_py_error(py, e, "a plugin's response");
                     Flow::Respond(internal_error("plugin error"))
@@ -213,7 +227,12 @@ impl PyChain {
     }
 
     /// `header_filter`: plugins may change status and headers. Returns a 500 response if they raise.
-    pub fn header_filter(&self, preq: &mut PyReq, status: &mut u16, headers: &mut HeaderMap) -> Option<ShortResponse> {
+    pub fn header_filter(
+        &self,
+        preq: &mut PyReq,
+        status: &mut u16,
+        headers: &mut HeaderMap,
+    ) -> Option<ShortResponse> {
         let need_view = self.has(HEADER_FILTER) || self.has(BODY_FILTER) || self.has(LOG);
         if !need_view {
             return None;
@@ -232,7 +251,11 @@ impl PyChain {
             if self.has(HEADER_FILTER) {
                 let r = self.obj.get().bind(py).call_method1(
                     "header_filter",
-                    (preq.req.get().clone_ref(py), view.clone_ref(py), preq.ctx.get().clone_ref(py)),
+                    (
+                        preq.req.get().clone_ref(py),
+                        view.clone_ref(py),
+                        preq.ctx.get().clone_ref(py),
+                    ),
                 );
                 if let Flow::Respond(resp) = Self::flow(py, r) {
                     failed = Some(resp);
@@ -258,7 +281,11 @@ impl PyChain {
             };
             let r = self.obj.get().bind(py).call_method1(
                 "log",
-                (preq.req.get().clone_ref(py), resp, preq.ctx.get().clone_ref(py)),
+                (
+                    preq.req.get().clone_ref(py),
+                    resp,
+                    preq.ctx.get().clone_ref(py),
+                ),
             );
             if let Err(e) = r {
                 log_py_error(py, e, "a log phase");
@@ -324,7 +351,10 @@ impl Waker {
 /// Set response headers from a plugin's short-circuit response.
 pub fn apply_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
     for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             headers.append(k, v);
         }
     }

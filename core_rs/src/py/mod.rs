@@ -19,15 +19,25 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pyo3::create_exception!(_core, ConfigError, pyo3::exceptions::PyValueError, "A config the data plane cannot compile.");
+pyo3::create_exception!(
+    _core,
+    ConfigError,
+    pyo3::exceptions::PyValueError,
+    "A config the data plane cannot compile."
+);
 
 fn parse_snapshot(snapshot: &[u8]) -> PyResult<Snapshot> {
     serde_json::from_slice(snapshot).map_err(|e| ConfigError::new_err(format!("snapshot: {e}")))
 }
 
-fn compile(py: Python<'_>, snapshot: &[u8], chains: Option<&Bound<'_, PyDict>>) -> PyResult<RouteTable> {
+fn compile(
+    py: Python<'_>,
+    snapshot: &[u8],
+    chains: Option<&Bound<'_, PyDict>>,
+) -> PyResult<RouteTable> {
     let snap = parse_snapshot(snapshot)?;
-    let mut compiled: std::collections::HashMap<String, Arc<PyChain>> = std::collections::HashMap::new();
+    let mut compiled: std::collections::HashMap<String, Arc<PyChain>> =
+        std::collections::HashMap::new();
     if let Some(chains) = chains {
         for (k, v) in chains.iter() {
             compiled.insert(k.extract()?, Arc::new(PyChain::new(py, v.unbind())?));
@@ -85,9 +95,11 @@ impl Worker {
     /// Bind the listening socket (SO_REUSEPORT). Raises OSError naming the address on failure.
     #[pyo3(signature = (host, port, backlog=4096))]
     fn bind(&self, host: &str, port: u16, backlog: i32) -> PyResult<u16> {
-        let ip: IpAddr = host
-            .parse()
-            .map_err(|_| PyValueError::new_err(format!("listen address must be an IP address, got {host:?}")))?;
+        let ip: IpAddr = host.parse().map_err(|_| {
+            PyValueError::new_err(format!(
+                "listen address must be an IP address, got {host:?}"
+            ))
+        })?;
         let l = server::bind(SocketAddr::new(ip, port), backlog)
             .map_err(|e| PyOSError::new_err(format!("cannot listen on {host}:{port}: {e}")))?;
         let bound = l.local_addr().map(|a| a.port()).unwrap_or(port);
@@ -127,7 +139,10 @@ impl Worker {
         let shared = (
             self.table.clone(),
             self.shm.clone(),
-            self.submit.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            self.submit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         );
         let limits = self.limits.clone();
         let stop_rx = self.stop_tx.subscribe();
@@ -196,7 +211,10 @@ impl RouteMatcher {
             .map_err(|_| PyValueError::new_err(format!("bad address {remote_addr:?}")))?;
         let mut hm = http::HeaderMap::new();
         for (k, v) in headers.unwrap_or_default() {
-            if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(&v)) {
+            if let (Ok(k), Ok(v)) = (
+                http::HeaderName::from_bytes(k.as_bytes()),
+                http::HeaderValue::from_str(&v),
+            ) {
                 hm.append(k, v);
             }
         }
@@ -217,7 +235,11 @@ impl RouteMatcher {
             remote_addr: remote,
             vars: &vars,
         };
-        Ok(self.table.router.find(&input).map(|i| self.table.routes[i].id.to_string()))
+        Ok(self
+            .table
+            .router
+            .find(&input)
+            .map(|i| self.table.routes[i].id.to_string()))
     }
 
     fn __len__(&self) -> usize {

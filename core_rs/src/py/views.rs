@@ -1,10 +1,11 @@
 //! The objects plugins see: `Request`, `Headers`, `ResponseView`. Lazy views over Rust-owned data;
 //! nothing is converted to Python until a plugin asks for it.
+use crate::py::host::ShortResponse;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,11 +14,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn name(n: &str) -> PyResult<HeaderName> {
-    HeaderName::from_bytes(n.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid header name {n:?}")))
+    HeaderName::from_bytes(n.as_bytes())
+        .map_err(|_| PyValueError::new_err(format!("invalid header name {n:?}")))
 }
 
 fn value(v: &str) -> PyResult<HeaderValue> {
-    HeaderValue::from_str(v).map_err(|_| PyValueError::new_err(format!("invalid header value {v:?}")))
+    HeaderValue::from_str(v)
+        .map_err(|_| PyValueError::new_err(format!("invalid header value {v:?}")))
 }
 
 /// Case-insensitive, multi-valued header map. `h[k]` is the first value; `h[k] = v` replaces all.
@@ -28,7 +31,9 @@ pub struct PyHeaders {
 
 impl PyHeaders {
     pub fn new(map: HeaderMap) -> PyHeaders {
-        PyHeaders { map: Mutex::new(map) }
+        PyHeaders {
+            map: Mutex::new(map),
+        }
     }
     pub fn take(&self) -> HeaderMap {
         std::mem::take(&mut *lock(&self.map))
@@ -41,7 +46,8 @@ impl PyHeaders {
 #[pymethods]
 impl PyHeaders {
     fn __getitem__(&self, key: &str) -> PyResult<String> {
-        self.get(key, None).ok_or_else(|| PyKeyError::new_err(key.to_string()))
+        self.get(key, None)
+            .ok_or_else(|| PyKeyError::new_err(key.to_string()))
     }
     #[pyo3(signature = (key, default=None))]
     fn get(&self, key: &str, default: Option<String>) -> Option<String> {
@@ -86,12 +92,20 @@ impl PyHeaders {
         lock(&self.map).len()
     }
     fn keys(&self) -> Vec<String> {
-        lock(&self.map).keys().map(|k| k.as_str().to_string()).collect()
+        lock(&self.map)
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .collect()
     }
     fn items(&self) -> Vec<(String, String)> {
         lock(&self.map)
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect()
     }
     fn __repr__(&self) -> String {
@@ -125,7 +139,10 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (crate::proxy::vars::form_decode(k), crate::proxy::vars::form_decode(v))
+            (
+                crate::proxy::vars::form_decode(k),
+                crate::proxy::vars::form_decode(v),
+            )
         })
         .collect()
 }
@@ -138,7 +155,8 @@ impl PyRequest {
     }
     #[setter]
     fn set_method(&self, m: &str) -> PyResult<()> {
-        let m = Method::from_bytes(m.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid method {m:?}")))?;
+        let m = Method::from_bytes(m.as_bytes())
+            .map_err(|_| PyValueError::new_err(format!("invalid method {m:?}")))?;
         lock(&self.state).method = m;
         Ok(())
     }
@@ -150,7 +168,9 @@ impl PyRequest {
     #[setter]
     fn set_path(&self, p: &str) -> PyResult<()> {
         if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(PyValueError::new_err(format!("path must start with '/' and have no spaces: {p:?}")));
+            return Err(PyValueError::new_err(format!(
+                "path must start with '/' and have no spaces: {p:?}"
+            )));
         }
         lock(&self.state).path = p.to_string();
         Ok(())
@@ -162,10 +182,16 @@ impl PyRequest {
     }
     #[setter]
     fn set_query(&self, q: &str) -> PyResult<()> {
-        if q.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+        if q.bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'#')
+        {
             return Err(PyValueError::new_err(format!("invalid query string {q:?}")));
         }
-        lock(&self.state).query = if q.is_empty() { None } else { Some(q.trim_start_matches('?').to_string()) };
+        lock(&self.state).query = if q.is_empty() {
+            None
+        } else {
+            Some(q.trim_start_matches('?').to_string())
+        };
         Ok(())
     }
     /// Query arguments, decoded; the first value wins for repeated keys.
@@ -243,7 +269,9 @@ impl PyResponseView {
     #[setter]
     fn set_status(&self, s: u16) -> PyResult<()> {
         if !(100..=599).contains(&s) {
-            return Err(PyValueError::new_err(format!("status must be 100..599, got {s}")));
+            return Err(PyValueError::new_err(format!(
+                "status must be 100..599, got {s}"
+            )));
         }
         *lock(&self.status) = s;
         Ok(())
@@ -257,14 +285,18 @@ impl PyResponseView {
     }
 }
 
-/// Turns a plugin's short-circuit tuple `(status, [(name, value)], body)` into parts.
-pub fn response_parts(obj: &Bound<'_, PyAny>) -> PyResult<(u16, Vec<(String, String)>, Vec<u8>)> {
-    let (status, headers, body): (u16, Bound<'_, PyList>, Vec<u8>) = obj.extract()?;
+/// Turns a plugin's short-circuit tuple `(status, [(name, value)], body)` into a response.
+pub fn response_parts(obj: &Bound<'_, PyAny>) -> PyResult<ShortResponse> {
+    let (status, headers, body): (u16, Bound<'_, PyList>, Bound<'_, PyBytes>) = obj.extract()?;
     let mut hs = Vec::with_capacity(headers.len());
     for item in headers.iter() {
         hs.push(item.extract::<(String, String)>()?);
     }
-    Ok((status, hs, body))
+    Ok(ShortResponse {
+        status,
+        headers: hs,
+        body: body.as_bytes().to_vec(),
+    })
 }
 
 pub fn lock_state(r: &PyRequest) -> MutexGuard<'_, ReqState> {
