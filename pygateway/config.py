@@ -118,6 +118,11 @@ class Node(_Strict):
     metadata: dict[str, Any] | None = None  # accepted, unused
 
 
+class UpstreamTLS(_Strict):
+    # APISIX's `upstream.tls`. Unlike APISIX we verify by default (DESIGN §7); `verify: false` opts out.
+    verify: bool = True
+
+
 class Upstream(_Strict):
     # The dict form {"host:port": weight} is normalized to a list of Node by `_upstream_problems`.
     nodes: list[Node] | dict[str, Weight]
@@ -130,6 +135,7 @@ class Upstream(_Strict):
     retries: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] | None = None
     hash_on: Literal["vars", "header", "cookie", "consumer", "vars_combinations"] = "vars"
     key: str | None = None
+    tls: UpstreamTLS | None = None
     name: Name | None = None
     desc: Desc | None = None
     labels: Labels | None = None
@@ -603,6 +609,7 @@ def _upstream_snapshot(up: Upstream) -> dict[str, Any]:
         "retries": up.retries,
         "hash_on": up.hash_on,
         "key": up.key,
+        "tls_verify": up.tls.verify if up.tls else True,
     }
 
 

@@ -265,3 +265,40 @@ def test_https_upstream_verifies_certificates(gateway):
     t.join(5)
     assert handshakes and handshakes[0] != "ok", "the gateway must abort the handshake on an untrusted cert"
     srv.close()
+
+
+def test_https_upstream_with_verify_off(gateway, tmp_path):
+    """`upstream.tls.verify: false` opts out of verification (e.g. a self-signed internal service)."""
+    import http.server
+    import ssl
+
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(crt), "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = f"tls ok {self.path}".encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(crt, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    port = srv.server_address[1]
+    try:
+        gw = gateway({"routes": [{"id": "tls", "uri": "/*", "upstream": {
+            "scheme": "https", "tls": {"verify": False}, "nodes": {f"localhost:{port}": 1}}}]})  # fmt: skip
+        r = httpx.get(gw.url + "/secure", timeout=10)
+        assert r.status_code == 200 and r.text == "tls ok /secure"
+    finally:
+        srv.shutdown()

@@ -67,6 +67,9 @@ pub struct UpstreamConf {
     pub hash_on: String,
     #[serde(default)]
     pub key: Option<String>,
+    /// Verify the upstream's TLS certificate chain and name (`upstream.tls.verify`).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +114,9 @@ fn default_pass_host() -> String {
 }
 fn default_hash_on() -> String {
     "vars".into()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_weight() -> u32 {
     1

@@ -464,9 +464,14 @@ async fn proxy_to_upstream(
         None => out.path.clone(),
     };
     let scheme = if u.https { "https" } else { "http" };
-    let client = upstream::client_for(route.connect_timeout);
+    let client = upstream::client_for(route.connect_timeout, u.tls_verify);
     let bodyless = hyper::body::Body::is_end_stream(&body);
-    let can_retry = bodyless && is_idempotent(&out.method);
+    // Only keep a copy of the headers when a second try can actually happen.
+    let can_retry = bodyless
+        && is_idempotent(&out.method)
+        && out.node_override.is_none()
+        && u.retries > 0
+        && u.nodes.len() > 1;
     let hkey = hash_key(u, &out, host, remote);
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
@@ -552,7 +557,7 @@ async fn proxy_to_upstream(
                         "upstream connect timed out",
                     );
                 }
-                if connect_failed && can_retry && out.node_override.is_none() {
+                if connect_failed && can_retry {
                     if let Some(i) = node_idx {
                         tried.push(i);
                         if tried.len() <= u.retries {

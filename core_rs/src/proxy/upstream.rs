@@ -6,30 +6,75 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::cell::RefCell;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, GwBody>;
 
 thread_local! {
-    static CLIENTS: RefCell<HashMap<u64, UpstreamClient>> = RefCell::new(HashMap::new());
+    static CLIENTS: RefCell<HashMap<(u64, bool), UpstreamClient>> = RefCell::new(HashMap::new());
 }
 
-fn build_client(connect_timeout: Duration) -> UpstreamClient {
+/// Accepts any server certificate: only for upstreams configured with `tls.verify: false`.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn build_client(connect_timeout: Duration, verify: bool) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    .expect("rustls protocol versions")
-    .with_root_certificates(rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    })
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("rustls protocol versions");
+    let tls = if verify {
+        builder
+            .with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    };
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -44,13 +89,13 @@ fn build_client(connect_timeout: Duration) -> UpstreamClient {
         .build(https)
 }
 
-/// The worker's client for this connect timeout (created on first use, then reused).
-pub fn client_for(connect_timeout: Duration) -> UpstreamClient {
-    let key = connect_timeout.as_millis() as u64;
+/// The worker's client for this connect timeout and TLS policy (created on first use, then reused).
+pub fn client_for(connect_timeout: Duration, verify: bool) -> UpstreamClient {
+    let key = (connect_timeout.as_millis() as u64, verify);
     CLIENTS.with(|c| {
         c.borrow_mut()
             .entry(key)
-            .or_insert_with(|| build_client(connect_timeout))
+            .or_insert_with(|| build_client(connect_timeout, verify))
             .clone()
     })
 }
