@@ -458,7 +458,7 @@ class Bench:
             load_cpu_pct=100 * (b1 - b0) / max(1, t1 - t0),
             cpu_us_per_req=1e6 * cpu_s / max(1, res["requests"]),
             # CPU used by anything but the server, the upstream and wrk (other jobs on a shared box), % of a core
-            foreign_cpu_pct=100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall if wall else 0.0,
+            foreign_cpu_pct=max(0.0, 100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall) if wall else 0.0,
             errors=res["non2xx"] + res["socket_errors"], ok_requests=ok_requests,
             processes=len(pids),
         )

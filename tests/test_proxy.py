@@ -279,7 +279,7 @@ def test_https_upstream_with_verify_off(gateway, tmp_path):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self):  # noqa: N802 - http.server's naming
+        def do_GET(self):
             body = f"tls ok {self.path}".encode()
             self.send_response(200)
             self.send_header("content-length", str(len(body)))

@@ -1,5 +1,7 @@
 //! Listener, accept loop and per-connection HTTP setup (HTTP/1.1 keep-alive + h2c prior knowledge),
 //! with the edge limits of DESIGN §7 and a graceful drain.
+pub mod edge;
+
 use crate::proxy::{self, body::GwBody, Shared};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -18,8 +20,13 @@ use tokio::net::TcpListener;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_head_bytes: usize,
+    /// Longest header field line (431); a longer request line gets 414 from the proxy.
+    pub max_line_bytes: usize,
     pub max_headers: usize,
+    /// A request head that started arriving must be complete within this (else 408 and close).
     pub header_timeout: Duration,
+    /// An idle keep-alive connection (no request started) is closed after this.
+    pub keepalive_idle: Duration,
     pub keepalive_requests: u64,
     pub max_connections: usize,
     pub drain_timeout: Duration,
@@ -29,8 +36,10 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_head_bytes: 32 * 1024,
+            max_line_bytes: 8 * 1024,
             max_headers: 100,
             header_timeout: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
@@ -70,7 +79,10 @@ fn builder(limits: &Limits) -> auto::Builder<LocalExec> {
     let mut b = auto::Builder::new(LocalExec);
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // hyper's timer runs from the moment it waits for a head, idle time included, and closes
+        // without a response: it is the keep-alive idle timeout here. The slowloris timeout
+        // (from the first byte of a head, answered with 408) is `edge::EdgeIo`'s.
+        .header_read_timeout(limits.keepalive_idle.max(limits.header_timeout))
         .max_buf_size(limits.max_head_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -94,6 +106,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let builder = builder(&limits);
+    let head_limits = edge::HeadLimits {
+        max_line: limits.max_line_bytes,
+        max_head: limits.max_head_bytes,
+        max_headers: limits.max_headers,
+        timeout: limits.header_timeout,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Rc::new(Cell::new(0usize));
     tokio::pin!(shutdown);
@@ -132,7 +150,7 @@ pub async fn serve(
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let open = open.clone();
                 tokio::task::spawn_local(async move {
