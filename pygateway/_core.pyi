@@ -32,6 +32,7 @@ class Request:
     path: str
     query: str
     consumer: str | None
+    body: bytes | None
     @property
     def args(self) -> dict[str, str]: ...
     @property

@@ -44,6 +44,7 @@ class Chain:
         self.hooks: list[list[tuple[Plugin, Callable[..., Any]]]] = [
             [(p, getattr(p, name)) for p in plugins if callable(getattr(p, name, None))] for name in PHASES
         ]
+        self.needs_body = any(p.needs_body for p in plugins)
         self.phases = sum(1 << i for i, hooks in enumerate(self.hooks) if hooks)
         self.async_phases = sum(
             1 << i

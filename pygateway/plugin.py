@@ -77,6 +77,9 @@ class Plugin:
     Config: ClassVar[type[msgspec.Struct]] = _NoConfig
     # Set by plugins whose logic lives in the Rust core (the Python class only carries the schema).
     native: ClassVar[bool] = False
+    # Set to read the whole request body (at most 1 MiB, else 413) into `req.body` before `rewrite`.
+    # Routes without such a plugin stream bodies straight through.
+    needs_body: ClassVar[bool] = False
 
     def __init__(self, conf: Any) -> None:
         self.conf = conf

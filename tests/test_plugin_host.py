@@ -92,6 +92,14 @@ PLUGINS = textwrap.dedent('''
         def body_filter(self, req, resp, chunk, eof, ctx):
             return chunk.upper()
 
+    class BodyCheck(Plugin):
+        name = "body-check"
+        needs_body = True
+        def access(self, req, ctx):
+            if b"forbidden" in req.body:
+                return Response.error(400, "body has a forbidden word")
+            req.body = req.body.replace(b"cat", b"dog")
+
     class Steer(Plugin):
         name = "steer"
         class Config(msgspec.Struct):
@@ -218,3 +226,18 @@ def test_plugin_config_error_names_route_plugin_field(upstream, gateway, plugin_
                           str(plugin_dir[0])], capture_output=True, text=True, check=False)  # fmt: skip
     assert out.returncode == 1
     assert "routes[r9].plugins.key-check.keys" in out.stderr, out.stderr
+
+
+def test_plugin_reads_and_replaces_the_body(upstream, gateway, plugin_dir):
+    up = upstream()
+    gw = start(gateway, plugin_dir, [route("b", "/*", up, plugins={"body-check": {}})])
+    r = httpx.post(gw.url + "/", content=b"a cat sat")
+    assert orjson.loads(r.content)["body"] == "a dog sat"
+    assert dict(orjson.loads(r.content)["headers"])["content-length"] == "9"
+    assert httpx.post(gw.url + "/", content=b"forbidden").status_code == 400
+    # chunked upload, read whole before the phases
+    r = httpx.post(gw.url + "/", content=iter([b"cat ", b"cat"]))
+    assert orjson.loads(r.content)["body"] == "dog dog"
+    r = httpx.post(gw.url + "/", content=b"x" * (1024 * 1024 + 1))
+    assert r.status_code == 413 and r.json() == {"error_msg": "request body larger than 1 MiB"}
+    assert httpx.get(gw.url + "/").status_code == 200

@@ -10,6 +10,7 @@ use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
 use arc_swap::ArcSwap;
 use body::{DropHook, GwBody};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -148,6 +149,8 @@ struct Outgoing {
     headers: HeaderMap,
     consumer: Option<String>,
     node_override: Option<(String, u16)>,
+    /// Set when a plugin asked for the whole body (`needs_body`): forwarded instead of the stream.
+    body: Option<Bytes>,
 }
 
 pub async fn handle(
@@ -206,7 +209,8 @@ pub async fn handle(
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
     let route = &table.routes[idx];
-    let (parts, body) = req.into_parts();
+    let (parts, incoming) = req.into_parts();
+    let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
     let orig_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -223,11 +227,24 @@ pub async fn handle(
         headers: parts.headers,
         consumer: None,
         node_override: None,
+        body: None,
     };
 
     // Python request phases: rewrite, access (before native limiters so auth sets the consumer).
     if let (Some(chain), Some(submit)) = (&route.chain, &shared.submit) {
+        let mut buffered = None;
+        if chain.needs_body() {
+            let ReqBody::Stream(incoming) = body else {
+                unreachable!("streamed until here")
+            };
+            match read_body(incoming).await {
+                Ok(b) => buffered = Some(b),
+                Err(resp) => return resp,
+            }
+            body = ReqBody::Buffered;
+        }
         let p = chain.begin(ReqInfo {
+            body: buffered,
             method: out.method.clone(),
             path: std::mem::take(&mut out.path),
             query: out.query.take(),
@@ -326,9 +343,45 @@ pub async fn handle(
     finish_resp(route, preq, resp)
 }
 
+/// The request body: streamed to the upstream, or read whole because a plugin asked for it (the
+/// bytes then live in the plugin view, where plugins may replace them).
+enum ReqBody {
+    Stream(Incoming),
+    Buffered,
+}
+
+/// Read a whole request body for plugins that need it: at most 1 MiB (413), 30 s idle (408).
+async fn read_body(incoming: Incoming) -> Result<Bytes, Response<GwBody>> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(with_close(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body timed out",
+        ))),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(with_close(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than 1 MiB",
+            )))
+        }
+        Ok(Err(_)) => Err(with_close(error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed request body",
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+const MAX_BUFFERED_BODY: usize = 1024 * 1024;
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Copy what the request phases changed back into the outgoing request.
 fn sync_outgoing(out: &mut Outgoing, p: &PyReq) {
     let o = PyChain::outcome(p);
+    if o.state.body.is_some() {
+        out.body = o.state.body.clone();
+    }
     out.method = o.state.method;
     out.path = o.state.path;
     out.query = o.state.query;
@@ -435,7 +488,7 @@ fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<
 async fn proxy_to_upstream(
     route: &CompiledRoute,
     mut out: Outgoing,
-    body: Incoming,
+    body: ReqBody,
     remote: IpAddr,
     host: &str,
     orig_host: Option<HeaderValue>,
@@ -465,7 +518,14 @@ async fn proxy_to_upstream(
     };
     let scheme = if u.https { "https" } else { "http" };
     let client = upstream::client_for(route.connect_timeout, u.tls_verify);
-    let bodyless = hyper::body::Body::is_end_stream(&body);
+    let bodyless = match (&body, &out.body) {
+        (ReqBody::Stream(b), _) => hyper::body::Body::is_end_stream(b),
+        (ReqBody::Buffered, b) => b.as_ref().is_none_or(|b| b.is_empty()),
+    };
+    if let Some(b) = &out.body {
+        out.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+    }
     // Only keep a copy of the headers when a second try can actually happen.
     let can_retry = bodyless
         && is_idempotent(&out.method)
@@ -523,8 +583,10 @@ async fn proxy_to_upstream(
                 headers.insert(header::HOST, authority.clone());
             }
         }
-        let req_body = match body.take() {
-            Some(b) if !bodyless => GwBody::Stream(b),
+        let req_body = match (body.take(), &out.body) {
+            (_, _) if bodyless => GwBody::empty(),
+            (Some(ReqBody::Stream(b)), _) => GwBody::Stream(b),
+            (_, Some(b)) => GwBody::full(b.clone()),
             _ => GwBody::empty(),
         };
         let mut up_req = Request::new(req_body);

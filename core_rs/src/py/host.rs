@@ -48,6 +48,7 @@ pub struct PyChain {
     obj: PyObj<PyAny>,
     phases: u8,
     async_phases: u8,
+    needs_body: bool,
 }
 
 /// A gateway-made response (status, headers, body).
@@ -76,6 +77,7 @@ pub struct ReqOutcome {
 }
 
 pub struct ReqInfo {
+    pub body: Option<Bytes>,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
@@ -105,11 +107,18 @@ impl PyChain {
         let b = obj.bind(py);
         let phases: u8 = b.getattr("phases")?.extract()?;
         let async_phases: u8 = b.getattr("async_phases")?.extract()?;
+        let needs_body: bool = b.getattr("needs_body")?.extract()?;
         Ok(PyChain {
             obj: PyObj::new(obj),
             phases,
             async_phases,
+            needs_body,
         })
+    }
+
+    /// A plugin of this chain reads `req.body`: the proxy reads the body whole before the phases.
+    pub fn needs_body(&self) -> bool {
+        self.needs_body
     }
 
     pub fn has(&self, phase: u8) -> bool {
@@ -126,6 +135,7 @@ impl PyChain {
                     query: info.query,
                     consumer: None,
                     upstream: None,
+                    body: info.body,
                 }),
                 headers,
                 client_ip: info.client_ip,
@@ -220,6 +230,7 @@ impl PyChain {
                     query: s.query.clone(),
                     consumer: s.consumer.clone(),
                     upstream: s.upstream.clone(),
+                    body: s.body.clone(),
                 },
                 headers,
             }

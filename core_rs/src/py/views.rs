@@ -120,6 +120,8 @@ pub struct ReqState {
     pub query: Option<String>,
     pub consumer: Option<String>,
     pub upstream: Option<(String, u16)>,
+    /// The whole request body, when a plugin of the route set `needs_body`.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// What a plugin sees of a request. Reads are lazy; writes are applied before proxying.
@@ -238,6 +240,23 @@ impl PyRequest {
     #[setter]
     fn set_consumer(&self, c: Option<String>) {
         lock(&self.state).consumer = c;
+    }
+    /// The request body (bytes) when a plugin of this route sets `needs_body = True`, else None.
+    /// Assign bytes to replace what the upstream receives.
+    #[getter]
+    fn body<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        lock(&self.state).body.as_ref().map(|b| PyBytes::new(py, b))
+    }
+    #[setter]
+    fn set_body(&self, body: &[u8]) -> PyResult<()> {
+        let mut s = lock(&self.state);
+        if s.body.is_none() {
+            return Err(PyValueError::new_err(
+                "req.body can only be replaced on routes whose plugins set needs_body = True",
+            ));
+        }
+        s.body = Some(bytes::Bytes::copy_from_slice(body));
+        Ok(())
     }
     /// Send this request to `host:port` instead of a node picked by the upstream's balancer.
     fn set_upstream(&self, host: &str, port: u16) -> PyResult<()> {
