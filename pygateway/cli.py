@@ -109,7 +109,10 @@ def _run(args: argparse.Namespace) -> int:
         master.install_signals()
         master.start()
     except ConfigError as exc:
-        print("pygateway: invalid config:\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
+        if len(exc.errors) == 1:
+            print(f"pygateway: {exc.errors[0]}", file=sys.stderr)
+        else:
+            print("pygateway: invalid config:\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
         master.cleanup()
         return 1
     except (StartError, _core.ConfigError, PluginLoadError, TypeError, ValueError) as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -90,8 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     loop = AsyncLoop()
     worker.set_async_submit(loop.submit)
     threading.Thread(target=_reader, args=(worker, registry), name="pygateway-config", daemon=True).start()
+    # Signals are the Rust core's from here (SIGTERM drains, SIGINT/SIGQUIT stop fast); without this,
+    # Python's own SIGINT handler would also raise KeyboardInterrupt once run() returns.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker.run()
-    return 0
+    # Skip interpreter finalization: the stdin reader (a daemon thread) holds stdin's lock and would
+    # make it abort. Everything the worker owns is already drained and closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -175,6 +175,7 @@ def test_full_config_round_trip() -> None:
                     "retries": 2,
                     "hash_on": "header",
                     "key": "x-user",
+                    "tls_verify": True,
                 },
                 "timeout": {"connect": 2.0, "send": 3.0, "read": 4.0},
                 "plugins": {"limit-count": {"count": 10, "time_window": 60}},

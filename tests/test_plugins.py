@@ -180,11 +180,6 @@ def test_proxy_rewrite_headers_add_set_remove(
     assert sent(r, "x-gone") == []  # "" removes (legacy form)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: proxy_to_upstream() overwrites the Host header plugins set (pass_host uses the "
-    "original Host captured before the plugin phases)",
-)
 def test_proxy_rewrite_host(
     upstream: Callable[..., Upstream], gateway: Callable[..., Gateway], client: httpx.Client
 ) -> None:

@@ -1,7 +1,6 @@
 //! One body type for everything the gateway sends: its own short responses, streamed upstream
 //! bodies, and streams that pass through a Python `body_filter`.
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +13,8 @@ pub trait ChunkFilter: Send {
 }
 
 pub enum GwBody {
-    Full(Full<Bytes>),
+    /// A body made by the gateway (errors, plugin responses): sent in one frame.
+    Full(Option<Bytes>),
     Stream(Incoming),
     Filtered {
         inner: Incoming,
@@ -37,10 +37,11 @@ impl Drop for DropHook {
 
 impl GwBody {
     pub fn full(b: impl Into<Bytes>) -> GwBody {
-        GwBody::Full(Full::new(b.into()))
+        let b: Bytes = b.into();
+        GwBody::Full(if b.is_empty() { None } else { Some(b) })
     }
     pub fn empty() -> GwBody {
-        GwBody::Full(Full::new(Bytes::new()))
+        GwBody::Full(None)
     }
 }
 
@@ -53,7 +54,7 @@ impl Body for GwBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GwBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            GwBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
             GwBody::Filtered {
@@ -91,7 +92,7 @@ impl Body for GwBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            GwBody::Full(b) => b.is_end_stream(),
+            GwBody::Full(b) => b.is_none(),
             GwBody::Stream(b) => b.is_end_stream(),
             GwBody::Filtered { done, .. } => *done,
             GwBody::Hooked(b, _) => b.is_end_stream(),
@@ -100,7 +101,7 @@ impl Body for GwBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            GwBody::Full(b) => b.size_hint(),
+            GwBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             GwBody::Stream(b) => b.size_hint(),
             // A filter may change the length: no exact hint.
             GwBody::Filtered { .. } => SizeHint::default(),

@@ -8,6 +8,7 @@ pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
+use body::ChunkFilter;
 use arc_swap::ArcSwap;
 use body::{DropHook, GwBody};
 use bytes::Bytes;
@@ -438,18 +439,27 @@ fn finish_with_chain(
     let preq = Arc::new(preq);
     let mut body = body;
     if chain.has(host::BODY_FILTER) {
+        let mut filter = PyBodyFilter {
+            chain: chain.clone(),
+            preq: preq.clone(),
+        };
         body = match body {
             GwBody::Stream(inner) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 GwBody::Filtered {
                     inner,
-                    filter: Box::new(PyBodyFilter {
-                        chain: chain.clone(),
-                        preq: preq.clone(),
-                    }),
+                    filter: Box::new(filter),
                     done: false,
                 }
             }
+            // A gateway-made body is one chunk: filter it now, as its last.
+            GwBody::Full(b) => match filter.filter(b.unwrap_or_default(), true) {
+                Ok(out) => {
+                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                    GwBody::full(out)
+                }
+                Err(_) => return short(host::internal_error("plugin error")),
+            },
             other => other,
         };
     }
@@ -494,6 +504,11 @@ async fn proxy_to_upstream(
     orig_host: Option<HeaderValue>,
 ) -> Response<GwBody> {
     let u = &route.upstream;
+    let plugin_host = out
+        .headers
+        .get(header::HOST)
+        .filter(|h| Some(*h) != orig_host.as_ref())
+        .cloned();
     strip_hop_by_hop(&mut out.headers);
     // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
     let xff = match out
@@ -571,6 +586,8 @@ async fn proxy_to_upstream(
             std::mem::take(&mut out.headers)
         };
         let host_value = match &u.pass_host {
+            // A Host header a plugin set (e.g. proxy-rewrite `host`) wins over `pass_host`.
+            _ if plugin_host.is_some() => plugin_host.clone(),
             PassHost::Pass => orig_host.clone(),
             PassHost::Node => Some(authority.clone()),
             PassHost::Rewrite(h) => Some(h.clone()),

@@ -89,7 +89,7 @@ pub struct ReqInfo {
     pub route_id: Arc<str>,
 }
 
-fn internal_error(what: &str) -> ShortResponse {
+pub fn internal_error(what: &str) -> ShortResponse {
     ShortResponse {
         status: 500,
         headers: vec![("content-type".into(), "application/json".into())],
