@@ -71,7 +71,9 @@ SCENARIOS = [
     Scenario("nginx-plain", "nginx", "/plain", desc="nginx proxy_pass (keepalive 64)"),
     Scenario("gw-plain", "gateway", "/plain", desc="pygateway, no plugins"),
     Scenario("gw-noop", "gateway", "/noop", desc="pygateway + no-op Python plugin"),
-    Scenario("gw-keycheck", "gateway", "/keyauth", {"apikey": "key-1"}, "pygateway + key-check Python plugin"),
+    Scenario(
+        "gw-keycheck", "gateway", "/keyauth", {"apikey": "key-1"}, "pygateway + key-check Python plugin"
+    ),
     Scenario("gw-limit-req", "gateway", "/limited", desc="pygateway + limit-req (native)"),
 ]
 
@@ -146,13 +148,26 @@ class Procs:
     def __init__(self) -> None:
         self.started: list[subprocess.Popen[bytes]] = []
 
-    def launch(self, name: str, cpu: str, cmd: list[str], workdir: Path, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        logf = open(workdir / f"{name}.log", "ab")
+    def launch(
+        self,
+        name: str,
+        cpu: str,
+        cmd: list[str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         # own session: a terminal Ctrl-C reaches only us, and we stop the children in order
-        proc = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=logf, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
-        logf.close()
+        with open(workdir / f"{name}.log", "ab") as logf:
+            proc = subprocess.Popen(
+                ["taskset", "-c", cpu, *cmd],
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         self.started.append(proc)
         return proc
 
@@ -194,7 +209,7 @@ def _stat_fields(pid: int) -> list[str] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return raw[raw.rindex(")") + 2:].split()  # fields from #3 (state) on
+    return raw[raw.rindex(")") + 2 :].split()  # fields from #3 (state) on
 
 
 def tree_pids(root: int) -> list[int]:
@@ -260,7 +275,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(port: int, path: str, headers: dict[str, str], n: int = 1, timeout: float = 3.0) -> list[tuple[int, bytes]]:
+def http_get(
+    port: int, path: str, headers: dict[str, str], n: int = 1, timeout: float = 3.0
+) -> list[tuple[int, bytes]]:
     """n GETs on ONE keep-alive connection; [(status, body)]."""
     import http.client
 
@@ -276,8 +293,14 @@ def http_get(port: int, path: str, headers: dict[str, str], n: int = 1, timeout:
         conn.close()
 
 
-def wait_http(port: int, path: str, headers: dict[str, str], proc: subprocess.Popen[bytes], what: str,
-              timeout: float = 60.0) -> None:
+def wait_http(
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    proc: subprocess.Popen[bytes],
+    what: str,
+    timeout: float = 60.0,
+) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -331,14 +354,18 @@ def parse_wrk(out: str) -> dict[str, Any]:
     return res
 
 
-def run_wrk(cpu: str, port: int, sc: Scenario, seconds: float, conns: int, latency: bool = True) -> tuple[str, dict[str, Any]]:
+def run_wrk(
+    cpu: str, port: int, sc: Scenario, seconds: float, conns: int, latency: bool = True
+) -> tuple[str, dict[str, Any]]:
     cmd = ["taskset", "-c", cpu, "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s"]
     if latency:
         cmd.append("--latency")
     for k, v in sc.headers.items():
         cmd += ["-H", f"{k}: {v}"]
     cmd.append(f"http://127.0.0.1:{port}{sc.path}")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, start_new_session=True)
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=seconds + 30, start_new_session=True, check=False
+    )
     if r.returncode != 0:
         raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr or r.stdout}")
     return r.stdout, parse_wrk(r.stdout) if latency else {}
@@ -358,15 +385,33 @@ class Bench:
 
     # -- pygateway location: the interpreter's installed package, else this checkout
     def locate_gateway(self) -> dict[str, Any]:
-        probe = ("import json, os, pygateway, pygateway._core as c; "
-                 "print(json.dumps({'pkg': os.path.dirname(pygateway.__file__), 'core': c.__file__, "
-                 "'version': c.__version__}))")
-        r = subprocess.run([self.gw_python, "-c", probe], capture_output=True, text=True, cwd=self.work,
-                           env=self.gw_env, timeout=60)
+        probe = (
+            "import json, os, pygateway, pygateway._core as c; "
+            "print(json.dumps({'pkg': os.path.dirname(pygateway.__file__), 'core': c.__file__, "
+            "'version': c.__version__}))"
+        )
+        r = subprocess.run(
+            [self.gw_python, "-c", probe],
+            capture_output=True,
+            text=True,
+            cwd=self.work,
+            env=self.gw_env,
+            timeout=60,
+            check=False,
+        )
         if r.returncode != 0:
-            self.gw_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), self.gw_env.get("PYTHONPATH")]))
-            r = subprocess.run([self.gw_python, "-c", probe], capture_output=True, text=True, cwd=self.work,
-                               env=self.gw_env, timeout=60)
+            self.gw_env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(ROOT), self.gw_env.get("PYTHONPATH")])
+            )
+            r = subprocess.run(
+                [self.gw_python, "-c", probe],
+                capture_output=True,
+                text=True,
+                cwd=self.work,
+                env=self.gw_env,
+                timeout=60,
+                check=False,
+            )
         if r.returncode != 0:
             raise RuntimeError(f"cannot import pygateway with {self.gw_python}:\n{r.stderr}")
         info: dict[str, Any] = json.loads(r.stdout)
@@ -380,8 +425,12 @@ class Bench:
         (d / "tmp").mkdir(parents=True)
         self.up_port = free_port()
         (d / "nginx.conf").write_text(UPSTREAM_NGINX.format(d=d, port=self.up_port))
-        self.upstream = self.procs.launch("upstream", self.a.load_cpu, ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"),
-                                          "-e", str(d / "error.log")], self.work)
+        self.upstream = self.procs.launch(
+            "upstream",
+            self.a.load_cpu,
+            ["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")],
+            self.work,
+        )
         wait_http(self.up_port, "/", {}, self.upstream, "upstream nginx", timeout=15)
 
     def start_server(self, sc: Scenario, tag: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -396,8 +445,20 @@ class Bench:
         else:
             cfg = d / "apisix.yaml"
             cfg.write_text(GATEWAY_CONFIG.format(up=self.up_port, plugins=PLUGIN_DIR))
-            cmd = [self.gw_python, "-m", "pygateway.cli", "run", "-c", str(cfg), "--listen", f"127.0.0.1:{port}",
-                   "--workers", "1", "--drain-timeout", "2"]
+            cmd = [
+                self.gw_python,
+                "-m",
+                "pygateway.cli",
+                "run",
+                "-c",
+                str(cfg),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--drain-timeout",
+                "2",
+            ]
             # cwd = scratch dir, so `-m` does not pick up a checkout in the current directory by accident
             proc = self.procs.launch(tag, self.a.server_cpu, cmd, self.work, env=self.gw_env, cwd=d)
             timeout = 60.0
@@ -414,7 +475,11 @@ class Bench:
                 break
             time.sleep(0.05)
         tail = "\n".join(path.read_text(errors="replace").splitlines()[-20:])
-        why = f"exited with {proc.returncode}" if proc.poll() is not None else f"did not print {needle!r} within {timeout:.0f}s"
+        why = (
+            f"exited with {proc.returncode}"
+            if proc.poll() is not None
+            else f"did not print {needle!r} within {timeout:.0f}s"
+        )
         raise RuntimeError(f"gateway {why}; log tail:\n{tail}")
 
     def check(self, sc: Scenario, port: int) -> None:
@@ -422,7 +487,7 @@ class Bench:
         if [s for s, _ in res] != [200, 200] or any(b != b"hello" for _, b in res):
             raise RuntimeError(f"{sc.name}: expected 200 'hello' twice on one connection, got {res!r}")
         if sc.headers:  # the plugin must actually be in the path: without the key -> 401
-            (status, body), = http_get(port, sc.path, {}, n=1)
+            ((status, body),) = http_get(port, sc.path, {}, n=1)
             if status != 401:
                 raise RuntimeError(f"{sc.name}: expected 401 without credentials, got {status} {body!r}")
 
@@ -453,26 +518,36 @@ class Bench:
         wall = w1 - w0
         ok_requests = max(1, res["requests"] - res["non2xx"])
         res.update(
-            scenario=sc.name, round=rnd, server_cpu_s=cpu_s, wall_s=wall,
+            scenario=sc.name,
+            round=rnd,
+            server_cpu_s=cpu_s,
+            wall_s=wall,
             server_cpu_pct=100 * cpu_s / wall if wall else 0.0,
             load_cpu_pct=100 * (b1 - b0) / max(1, t1 - t0),
             cpu_us_per_req=1e6 * cpu_s / max(1, res["requests"]),
             # CPU used by anything but the server, the upstream and wrk (other jobs on a shared box), % of a core
-            foreign_cpu_pct=max(0.0, 100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall) if wall else 0.0,
-            errors=res["non2xx"] + res["socket_errors"], ok_requests=ok_requests,
+            foreign_cpu_pct=max(0.0, 100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall)
+            if wall
+            else 0.0,
+            errors=res["non2xx"] + res["socket_errors"],
+            ok_requests=ok_requests,
             processes=len(pids),
         )
         return res
 
     def run(self) -> dict[str, Any]:
         meta = self.meta()
-        log(f"pygateway {meta['gateway']['version']} from {meta['gateway']['pkg']} "
-            f"(_core {meta['gateway']['build']}, {meta['gateway']['core_size_mb']} MiB)")
+        log(
+            f"pygateway {meta['gateway']['version']} from {meta['gateway']['pkg']} "
+            f"(_core {meta['gateway']['build']}, {meta['gateway']['core_size_mb']} MiB)"
+        )
         if meta["gateway"]["build"] != "release":
             log("WARNING: _core is not a release build: the gateway figures are not meaningful")
         self.start_upstream()
-        log(f"upstream nginx on 127.0.0.1:{self.up_port} (CPU {self.a.load_cpu}); servers on CPU {self.a.server_cpu}; "
-            f"wrk -t1 -c{self.a.conns} -d{self.a.duration}s, warm-up {self.a.warmup}s, {self.a.rounds} round(s)")
+        log(
+            f"upstream nginx on 127.0.0.1:{self.up_port} (CPU {self.a.load_cpu}); servers on CPU {self.a.server_cpu}; "
+            f"wrk -t1 -c{self.a.conns} -d{self.a.duration}s, warm-up {self.a.warmup}s, {self.a.rounds} round(s)"
+        )
         scenarios = [s for s in SCENARIOS if not self.a.only or s.name in self.a.only]
         rows: list[dict[str, Any]] = []
         for rnd in range(1, self.a.rounds + 1):
@@ -488,14 +563,18 @@ class Bench:
                     row["noisy"] = row["foreign_cpu_pct"] > self.a.max_foreign
                     if not row["noisy"]:
                         break
-                    log(f"round {rnd} {sc.name}: other processes used {row['foreign_cpu_pct']:.0f}% of a core "
-                        f"during the run (> {self.a.max_foreign:g}%)" + ("; re-running" if attempt < self.a.retries else
-                                                                          "; keeping it, marked noisy"))
+                    log(
+                        f"round {rnd} {sc.name}: other processes used {row['foreign_cpu_pct']:.0f}% of a core "
+                        f"during the run (> {self.a.max_foreign:g}%)"
+                        + ("; re-running" if attempt < self.a.retries else "; keeping it, marked noisy")
+                    )
                     time.sleep(1)
                 if "failed" not in row:
-                    log(f"round {rnd} {sc.name:<13} {row['rps']:>10,.0f} req/s  p99 {row.get('p99_ms', 0):7.2f} ms  "
+                    log(
+                        f"round {rnd} {sc.name:<13} {row['rps']:>10,.0f} req/s  p99 {row.get('p99_ms', 0):7.2f} ms  "
                         f"{row['cpu_us_per_req']:7.2f} CPU us/req  server CPU {row['server_cpu_pct']:5.1f}%  "
-                        f"load CPU {row['load_cpu_pct']:5.1f}%  other {row['foreign_cpu_pct']:4.1f}%  errors {row['errors']}")
+                        f"load CPU {row['load_cpu_pct']:5.1f}%  other {row['foreign_cpu_pct']:4.1f}%  errors {row['errors']}"
+                    )
                 rows.append(row)
         summary = summarize(rows, scenarios)
         return {"meta": meta, "summary": summary, "targets": check_targets(summary), "runs": rows}
@@ -503,7 +582,7 @@ class Bench:
     def meta(self) -> dict[str, Any]:
         def cmd_out(*c: str) -> str:
             try:
-                r = subprocess.run(list(c), capture_output=True, text=True, timeout=10)
+                r = subprocess.run(list(c), capture_output=True, text=True, timeout=10, check=False)
                 return (r.stdout + r.stderr).strip().splitlines()[0]
             except (OSError, IndexError, subprocess.TimeoutExpired):
                 return "?"
@@ -516,8 +595,14 @@ class Bench:
         return {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "host": {"nproc": os.cpu_count(), "kernel": platform.release(), "cpu": cpu_model},
-            "params": {"rounds": self.a.rounds, "duration_s": self.a.duration, "warmup_s": self.a.warmup,
-                       "conns": self.a.conns, "server_cpu": self.a.server_cpu, "load_cpu": self.a.load_cpu},
+            "params": {
+                "rounds": self.a.rounds,
+                "duration_s": self.a.duration,
+                "warmup_s": self.a.warmup,
+                "conns": self.a.conns,
+                "server_cpu": self.a.server_cpu,
+                "load_cpu": self.a.load_cpu,
+            },
             "gateway": self.locate_gateway(),
             "nginx": cmd_out("nginx", "-v"),
             "wrk": cmd_out("wrk", "-v"),
@@ -534,7 +619,9 @@ class Bench:
 def core_build_kind(path: str) -> str:
     """'debug' when the extension carries DWARF debug info and is not LTO-stripped, else 'release'."""
     try:
-        r = subprocess.run(["readelf", "-S", "-W", path], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            ["readelf", "-S", "-W", path], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     if r.returncode != 0:
@@ -552,10 +639,21 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> dict[str
     out: dict[str, dict[str, Any]] = {}
     for sc in scenarios:
         ok = [r for r in rows if r["scenario"] == sc.name and "failed" not in r]
-        s: dict[str, Any] = {"desc": sc.desc, "rounds_ok": len(ok),
-                             "rounds_failed": sum(1 for r in rows if r["scenario"] == sc.name and "failed" in r)}
+        s: dict[str, Any] = {
+            "desc": sc.desc,
+            "rounds_ok": len(ok),
+            "rounds_failed": sum(1 for r in rows if r["scenario"] == sc.name and "failed" in r),
+        }
         s["rounds_noisy"] = sum(1 for r in ok if r.get("noisy"))
-        for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "server_cpu_pct", "load_cpu_pct", "foreign_cpu_pct"):
+        for k in (
+            "rps",
+            "p50_ms",
+            "p99_ms",
+            "cpu_us_per_req",
+            "server_cpu_pct",
+            "load_cpu_pct",
+            "foreign_cpu_pct",
+        ):
             s[k] = _median(ok, k)
         s["rps_min"] = min((r["rps"] for r in ok), default=None)
         s["rps_max"] = max((r["rps"] for r in ok), default=None)
@@ -571,7 +669,11 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> dict[str
         s["rps_vs_nginx"] = ratio(s["rps"], ng.get("rps"))
         s["cpu_vs_nginx"] = ratio(s["cpu_us_per_req"], ng.get("cpu_us_per_req"))
         s["p99_vs_nginx"] = ratio(s["p99_ms"], ng.get("p99_ms"))
-        s["cpu_vs_plain"] = ratio(s["cpu_us_per_req"], pl.get("cpu_us_per_req")) if name not in ("nginx-plain", "gw-plain") else None
+        s["cpu_vs_plain"] = (
+            ratio(s["cpu_us_per_req"], pl.get("cpu_us_per_req"))
+            if name not in ("nginx-plain", "gw-plain")
+            else None
+        )
     return out
 
 
@@ -583,7 +685,9 @@ def check_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             ok = None
         else:
             ok = val >= limit if metric in HIGHER_IS_BETTER else val <= limit
-        res.append({"scenario": name, "metric": metric, "limit": limit, "desc": desc, "value": val, "pass": ok})
+        res.append(
+            {"scenario": name, "metric": metric, "limit": limit, "desc": desc, "value": val, "pass": ok}
+        )
     return res
 
 
@@ -596,12 +700,16 @@ def print_report(result: dict[str, Any]) -> None:
     gw = meta["gateway"]
     p = meta["params"]
     print()
-    print(f"pygateway macro benchmark  {meta['date']}  ({meta['host']['cpu']}, nproc={meta['host']['nproc']}, "
-          f"kernel {meta['host']['kernel']})")
+    print(
+        f"pygateway macro benchmark  {meta['date']}  ({meta['host']['cpu']}, nproc={meta['host']['nproc']}, "
+        f"kernel {meta['host']['kernel']})"
+    )
     print(f"  pygateway {gw['version']} _core={gw['build']} build ({gw['core']})")
     print(f"  {meta['nginx']}; {meta['wrk']}")
-    print(f"  server on CPU {p['server_cpu']}, wrk + upstream on CPU {p['load_cpu']}; wrk -t1 -c{p['conns']} "
-          f"-d{p['duration_s']}s --latency after {p['warmup_s']}s warm-up; median of {p['rounds']} round(s)")
+    print(
+        f"  server on CPU {p['server_cpu']}, wrk + upstream on CPU {p['load_cpu']}; wrk -t1 -c{p['conns']} "
+        f"-d{p['duration_s']}s --latency after {p['warmup_s']}s warm-up; median of {p['rounds']} round(s)"
+    )
     if gw["build"] != "release":
         print("  !! _core is a DEBUG build: gateway numbers are not representative")
     print()
@@ -617,27 +725,44 @@ def print_report(result: dict[str, Any]) -> None:
         verdict = "?" if t["pass"] is None else ("ok" if t["pass"] else "MISS")
         return f" [{op}{t['limit']:g} {verdict}]"
 
-    hdr = ["scenario", "req/s", "p50 ms", "p99 ms", "CPU us/req", "req/s vs nginx", "CPU/req vs nginx",
-           "p99 vs nginx", "CPU/req vs gw plain", "srv CPU%", "load CPU%", "other CPU%", "errors", "rounds"]
+    hdr = [
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU us/req",
+        "req/s vs nginx",
+        "CPU/req vs nginx",
+        "p99 vs nginx",
+        "CPU/req vs gw plain",
+        "srv CPU%",
+        "load CPU%",
+        "other CPU%",
+        "errors",
+        "rounds",
+    ]
     lines = []
     for name, s in summary.items():
-        lines.append([
-            name,
-            _f(s["rps"], ",.0f"),
-            _f(s["p50_ms"], ".3f"),
-            _f(s["p99_ms"], ".3f"),
-            _f(s["cpu_us_per_req"], ".2f"),
-            _f(s["rps_vs_nginx"], ".2f") + mark(name, "rps_vs_nginx"),
-            _f(s["cpu_vs_nginx"], ".2f") + mark(name, "cpu_vs_nginx"),
-            _f(s["p99_vs_nginx"], ".2f") + mark(name, "p99_vs_nginx"),
-            _f(s["cpu_vs_plain"], ".2f") + mark(name, "cpu_vs_plain"),
-            _f(s["server_cpu_pct"], ".0f"),
-            _f(s["load_cpu_pct"], ".0f"),
-            _f(s["foreign_cpu_pct"], ".0f"),
-            str(s["errors_total"]) + (f" ({s['non2xx_total']} non-2xx)" if s["non2xx_total"] else ""),
-            f"{s['rounds_ok']}" + (f" ({s['rounds_failed']} FAILED)" if s["rounds_failed"] else "")
-            + (f" ({s['rounds_noisy']} noisy)" if s["rounds_noisy"] else ""),
-        ])
+        lines.append(
+            [
+                name,
+                _f(s["rps"], ",.0f"),
+                _f(s["p50_ms"], ".3f"),
+                _f(s["p99_ms"], ".3f"),
+                _f(s["cpu_us_per_req"], ".2f"),
+                _f(s["rps_vs_nginx"], ".2f") + mark(name, "rps_vs_nginx"),
+                _f(s["cpu_vs_nginx"], ".2f") + mark(name, "cpu_vs_nginx"),
+                _f(s["p99_vs_nginx"], ".2f") + mark(name, "p99_vs_nginx"),
+                _f(s["cpu_vs_plain"], ".2f") + mark(name, "cpu_vs_plain"),
+                _f(s["server_cpu_pct"], ".0f"),
+                _f(s["load_cpu_pct"], ".0f"),
+                _f(s["foreign_cpu_pct"], ".0f"),
+                str(s["errors_total"]) + (f" ({s['non2xx_total']} non-2xx)" if s["non2xx_total"] else ""),
+                f"{s['rounds_ok']}"
+                + (f" ({s['rounds_failed']} FAILED)" if s["rounds_failed"] else "")
+                + (f" ({s['rounds_noisy']} noisy)" if s["rounds_noisy"] else ""),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(hdr)]
     print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(hdr, widths))))
     for r in lines:
@@ -647,30 +772,45 @@ def print_report(result: dict[str, Any]) -> None:
     for t in result["targets"]:
         verdict = "n/a " if t["pass"] is None else ("ok  " if t["pass"] else "MISS")
         print(f"  {verdict} {t['scenario']:<13} {t['desc']:<28} measured {_f(t['value'], '.2f')}")
-    print(textwrap.dedent("""
+    print(
+        textwrap.dedent("""
         CPU us/req = CPU time (user+sys) of the server's process tree during the measured run / requests
         completed. srv CPU% near 100 = the server's core was the bottleneck; load CPU% near 100 = wrk + the
         upstream (CPU 0) were saturated, so req/s is a floor for that row and CPU us/req is the fair figure.
         other CPU% = CPU used meanwhile by processes outside the benchmark (% of one core); rows above
-        --max-foreign are re-run (--retries) and otherwise marked noisy."""))
+        --max-foreign are re-run (--retries) and otherwise marked noisy.""")
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run")
-    ap.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk before each measured run (0 = none)")
+    ap.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of wrk before each measured run (0 = none)"
+    )
     ap.add_argument("--conns", type=int, default=50)
-    ap.add_argument("--json", help="where to write results (default benches/results/macro.json, "
-                    "or macro-quick.json with --quick)")
+    ap.add_argument(
+        "--json",
+        help="where to write results (default benches/results/macro.json, or macro-quick.json with --quick)",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 round of 3 s, 1 s warm-up")
-    ap.add_argument("--only", action="append", default=[], choices=[s.name for s in SCENARIOS],
-                    help="run just this scenario (repeatable; ratios need nginx-plain and gw-plain)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=[s.name for s in SCENARIOS],
+        help="run just this scenario (repeatable; ratios need nginx-plain and gw-plain)",
+    )
     ap.add_argument("--python", help="interpreter that runs pygateway (default: this one)")
     ap.add_argument("--server-cpu", default="1", help="taskset CPU list of the server under test")
     ap.add_argument("--load-cpu", default="0", help="taskset CPU list of wrk and the upstream")
-    ap.add_argument("--max-foreign", type=float, default=10.0,
-                    help="%% of a core other processes may use during a run before it counts as noisy")
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=10.0,
+        help="%% of a core other processes may use during a run before it counts as noisy",
+    )
     ap.add_argument("--retries", type=int, default=1, help="re-runs of a noisy measurement")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs, logs and wrk outputs")
     args = ap.parse_args()
@@ -687,6 +827,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when started with SIGINT ignored (background job)
     bench = Bench(args)
     try:
         result = bench.run()

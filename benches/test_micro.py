@@ -24,11 +24,11 @@ try:
 except ImportError:  # run from a checkout without an installed package
     sys.path.insert(0, str(HERE.parent))
 
-from pygateway import _core  # noqa: E402
-from pygateway.host import ACCESS, Chain  # noqa: E402
+from pygateway import _core
+from pygateway.host import ACCESS, Chain
 
 sys.path.insert(0, str(HERE / "bench_plugins"))
-from bench_plugins import BenchKeyCheck, BenchNoop  # noqa: E402
+from bench_plugins import BenchKeyCheck, BenchNoop
 
 pytest.importorskip("pytest_benchmark")
 
@@ -135,7 +135,12 @@ def test_limiter_fixed_window(benchmark: Any) -> None:
 
 def test_limiter_fixed_window_exhausted() -> None:
     lim = _core.Limiter()
-    assert [lim.fixed_window("k", 3, 60.0)[:2] for _ in range(4)] == [(True, 2), (True, 1), (True, 0), (False, 0)]
+    assert [lim.fixed_window("k", 3, 60.0)[:2] for _ in range(4)] == [
+        (True, 2),
+        (True, 1),
+        (True, 0),
+        (False, 0),
+    ]
 
 
 # ----------------------------------------------------------------------------- Python plugin chain

@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: cores)")
     run.add_argument("--plugin-dir", action="append", default=[], help="extra directory of plugin .py files")
     run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests")
+    run.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request head (408)")
+    run.add_argument("--keepalive-requests", type=_positive, default=1000, help="requests per connection")
+    run.add_argument("--max-connections", type=_positive, default=10_000, help="open connections per worker")
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
     val.add_argument("--plugin-dir", action="append", default=[])
@@ -98,7 +101,10 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
     host, port = args.listen
-    settings = Settings(host, port, args.workers, args.config, list(args.plugin_dir), args.drain_timeout)
+    settings = Settings(
+        host, port, args.workers, args.config, list(args.plugin_dir), args.drain_timeout,
+        args.header_timeout, args.keepalive_requests, args.max_connections,
+    )  # fmt: skip
     try:
         master = Master(settings)
     except PluginLoadError as exc:

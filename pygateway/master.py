@@ -58,6 +58,9 @@ class Settings:
     config_path: str | None
     plugin_dirs: list[str] = field(default_factory=list)
     drain_timeout: float = 30.0
+    header_timeout: float = 10.0
+    keepalive_requests: int = 1000
+    max_connections: int = 10_000
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:
@@ -135,7 +138,8 @@ class Master:
         cmd = [
             sys.executable, "-m", "pygateway.worker",
             "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
-            "--drain-timeout", str(self.s.drain_timeout),
+            "--drain-timeout", str(self.s.drain_timeout), "--header-timeout", str(self.s.header_timeout),
+            "--keepalive-requests", str(self.s.keepalive_requests), "--max-connections", str(self.s.max_connections),
         ]  # fmt: skip
         for d in self.s.plugin_dirs:
             cmd += ["--plugin-dir", d]

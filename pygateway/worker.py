@@ -75,11 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", type=int, default=0)
     p.add_argument("--plugin-dir", action="append", default=[])
     p.add_argument("--drain-timeout", type=float, default=30.0)
+    p.add_argument("--header-timeout", type=float, default=10.0)
+    p.add_argument("--keepalive-requests", type=int, default=1000)
+    p.add_argument("--max-connections", type=int, default=10_000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
         registry = Registry(args.plugin_dir)
-        worker = _core.Worker(shm_path=args.shm, drain_timeout=args.drain_timeout)
+        worker = _core.Worker(
+            shm_path=args.shm,
+            drain_timeout=args.drain_timeout,
+            header_timeout=args.header_timeout,
+            keepalive_requests=args.keepalive_requests,
+            max_connections=args.max_connections,
+        )
         # Serve nothing until the first config is in: a respawned worker must not answer 404s.
         first = sys.stdin.buffer.readline()
         if not first or not _apply(worker, registry, first):
