@@ -17,6 +17,14 @@ NO_CONFIG_HINT = (
 )
 
 
+ADMIN_HINT = (
+    "no routes yet: every path answers 404. Add one through the admin API, e.g.\n"
+    "  curl {url}/apisix/admin/routes/1 -H 'X-API-KEY: <admin key>' -X PUT \\\n"
+    "    -d '{{\"uri\": \"/hello\", \"upstream\": {{\"nodes\": {{\"127.0.0.1:8000\": 1}}}}}}'\n"
+    "or start with a standalone file: pygateway run -c apisix.yaml"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one clear line, no usage dump
         sys.stderr.write(f"pygateway: {message} (see 'pygateway --help')\n")
@@ -49,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request head (408)")
     run.add_argument("--keepalive-requests", type=_positive, default=1000, help="requests per connection")
     run.add_argument("--max-connections", type=_positive, default=10_000, help="open connections per worker")
+    run.add_argument("--store", choices=["sqlite", "yaml", "etcd"], help="config store (default: sqlite; yaml with -c)")
+    run.add_argument("--data-dir", default="pygateway-data", help="SQLite store, admin keys, config cache")
+    run.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated etcd URLs")
+    run.add_argument("--etcd-prefix", default="/apisix", help="key prefix in etcd (APISIX's layout)")
+    run.add_argument("--admin-listen", type=_listen, default=("127.0.0.1", 9180), help="admin API HOST:PORT")
+    run.add_argument("--no-admin", action="store_true", help="do not serve the admin API")
+    run.add_argument("--admin-key", default=os.environ.get("PYGATEWAY_ADMIN_KEY"), help="admin X-API-KEY")
+    run.add_argument("--viewer-key", default=os.environ.get("PYGATEWAY_VIEWER_KEY"), help="read-only X-API-KEY")
+    run.add_argument("--allow-admin", action="append", help="CIDR allowed to use the admin API (repeatable)")
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
     val.add_argument("--plugin-dir", action="append", default=[])
@@ -98,22 +115,34 @@ def _run(args: argparse.Namespace) -> int:
     from pygateway.config import ConfigError
     from pygateway.master import Master, Settings, StartError
     from pygateway.registry import PluginLoadError
+    from pygateway.store.base import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
     host, port = args.listen
+    store = args.store or ("yaml" if args.config else "sqlite")
+    if (store == "yaml") != bool(args.config):
+        print("pygateway: --store yaml needs -c CONFIG, and -c CONFIG means --store yaml", file=sys.stderr)
+        return 2
     settings = Settings(
-        host, port, args.workers, args.config, list(args.plugin_dir), args.drain_timeout,
-        args.header_timeout, args.keepalive_requests, args.max_connections,
+        host, port, args.workers, args.config, list(args.plugin_dir), drain_timeout=args.drain_timeout,
+        header_timeout=args.header_timeout, keepalive_requests=args.keepalive_requests,
+        max_connections=args.max_connections, store=store,
+        data_dir=args.data_dir, etcd_endpoints=[e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
+        etcd_prefix=args.etcd_prefix, admin_listen=None if args.no_admin else args.admin_listen,
+        admin_key=args.admin_key, viewer_key=args.viewer_key,
     )  # fmt: skip
+    if args.allow_admin:
+        settings.allow_admin = list(args.allow_admin)
     try:
         master = Master(settings)
-    except PluginLoadError as exc:
+    except (PluginLoadError, StoreError, OSError) as exc:
         print(f"pygateway: {exc}", file=sys.stderr)
         return 1
     try:
         master.load_initial()
         master.install_signals()
         master.start()
+        master.start_admin()
     except ConfigError as exc:
         if len(exc.errors) == 1:
             print(f"pygateway: {exc.errors[0]}", file=sys.stderr)
@@ -121,15 +150,18 @@ def _run(args: argparse.Namespace) -> int:
             print("pygateway: invalid config:\n" + "\n".join(f"  {e}" for e in exc.errors), file=sys.stderr)
         master.cleanup()
         return 1
-    except (StartError, _core.ConfigError, PluginLoadError, TypeError, ValueError) as exc:
+    except (StartError, _core.ConfigError, PluginLoadError, StoreError, OSError, TypeError, ValueError) as exc:
         print(f"pygateway: {exc}", file=sys.stderr)
         master.cleanup()
         return 1
-    src = args.config or "empty config"
+    src = args.config or master.source.description
     print(f"pygateway {_core.__version__} listening on http://{host}:{port} with {args.workers} workers ({src})",
           flush=True)  # fmt: skip
-    if not args.config:
-        print(NO_CONFIG_HINT, flush=True)
+    if master.admin_info:
+        print(master.admin_info, flush=True)
+    if not master.raw.get("routes"):
+        print(NO_CONFIG_HINT if master.admin is None else ADMIN_HINT.format(
+            url=f"http://{settings.admin_listen[0]}:{settings.admin_listen[1]}"), flush=True)  # type: ignore[index]
     return master.serve_forever()
 
 

@@ -663,3 +663,175 @@ def _merge_one_many(one: str | None, many: list[str] | None) -> list[str]:
 def _type_name(value: Any) -> str:
     names = {dict: "object", list: "array", str: "str", int: "int", float: "float", bool: "bool"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# ------------------------------------------------------------------------------ admin API: one object
+# The admin API validates one object at a time (`validate_object`), with the same models and messages as
+# `validate`, plus the collections the standalone config does not support yet (consumer groups, SSLs,
+# credentials, plugin metadata): they can be stored and served, the data plane ignores them for now.
+class ConsumerGroup(_Strict):
+    id: Id | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+class Credential(_Strict):
+    """`/consumers/{username}/credentials/{id}`: auth plugin confs (validated as consumer confs)."""
+
+    id: Id | None = None
+    name: Name | None = None
+    desc: Desc | None = None
+    labels: Labels | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+    plugins: dict[str, PluginConf] = {}
+
+
+Pem = Annotated[str, msgspec.Meta(min_length=128, max_length=64 * 1024)]  # APISIX's certificate bounds
+
+
+class SSLClient(_Strict):
+    ca: Pem
+    depth: Annotated[int, msgspec.Meta(ge=0)] = 1
+    skip_mtls_uri_regex: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+
+
+class SSL(_Strict):
+    id: Id | None = None
+    cert: Pem | None = None
+    key: Pem | None = None
+    certs: list[Pem] | None = None
+    keys: list[Pem] | None = None
+    sni: Host | None = None
+    snis: Annotated[list[Host], msgspec.Meta(min_length=1)] | None = None
+    client: SSLClient | None = None
+    type: Literal["server", "client"] = "server"
+    ssl_protocols: list[Literal["TLSv1.1", "TLSv1.2", "TLSv1.3"]] | None = None
+    status: Literal[0, 1] = 1
+    desc: Desc | None = None
+    labels: Labels | None = None
+    validity_start: int | None = None
+    validity_end: int | None = None
+    create_time: int | None = None
+    update_time: int | None = None
+
+
+# Every object kind `validate_object` knows (plugin_metadata aside: its shape is the plugin's).
+OBJECT_MODELS: dict[str, type[msgspec.Struct]] = {
+    **_MODELS,
+    "consumer_groups": ConsumerGroup,
+    "ssls": SSL,
+    "credentials": Credential,
+}
+
+# (field, collection it names) per collection: what `validate_object` checks with `lookup`, and what
+# keeps an object from being deleted while referenced.
+REFERENCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "routes": (("upstream_id", "upstreams"), ("service_id", "services"), ("plugin_config_id", "plugin_configs")),
+    "services": (("upstream_id", "upstreams"),),
+    "consumers": (("group_id", "consumer_groups"),),
+}
+
+# (collection, id) -> the stored raw object, or None when there is none.
+Lookup = Callable[[str, str], "dict[str, Any] | None"]
+
+
+def valid_object_id(collection: str, obj_id: str) -> bool:
+    """Whether `obj_id` is usable as an id (a username for consumers), with APISIX's rules."""
+    key_field = "username" if collection == "consumers" else "id"
+    return _object_key({key_field: obj_id}, key_field) == obj_id
+
+
+def validate_object(
+    collection: str, obj_id: str, raw: Any, get_plugin: GetPlugin, lookup: Lookup | None = None
+) -> list[str]:
+    """Validate one object of `collection` (a key of OBJECT_MODELS, or "plugin_metadata") stored
+    under `obj_id`; returns the problems, [] when valid. Messages read like `validate`'s:
+    `routes[1].upstream.nodes[0].port: required`.
+
+    Alone, the object must be well formed (fields, plugin confs; a route must declare an upstream,
+    upstream_id or service_id). With `lookup`, its references must exist (`routes[1].upstream_id:
+    upstream "u9" not found`) and a route relying on a service needs a service with an upstream.
+    An `id` (`username` for consumers) in `raw` must equal `obj_id`."""
+    label = f"{collection}[{obj_id}]"
+    if not isinstance(raw, dict):
+        return [f"{label}: expected object, got {_type_name(raw)}"]
+    if collection == "plugin_metadata":
+        return _plugin_metadata_errors(label, obj_id, raw, get_plugin)
+    model = OBJECT_MODELS.get(collection)
+    if model is None:
+        return [f"{collection}: unknown collection"]
+    errors: list[str] = []
+    key_field = "username" if collection == "consumers" else "id"
+    if not valid_object_id(collection, obj_id):
+        errors.append(f"{label}.{key_field}: {_bad_key_message(obj_id, key_field)}")
+    if key_field in raw and _object_key(raw, key_field) != obj_id:
+        errors.append(f"{label}.{key_field}: {raw[key_field]!r} does not match {obj_id!r} (the id in the path)")
+    body = {k: v for k, v in raw.items() if k != key_field}
+    consumer = collection in ("consumers", "credentials")
+    if "plugins" in model.__struct_fields__:
+        _validate_object(label, model, body, get_plugin, errors, consumer=consumer)  # type: ignore[arg-type]
+    else:
+        _convert(label, body, model, errors)
+    if collection == "ssls":
+        errors += _ssl_errors(label, raw)
+    if collection == "routes":
+        errors += _route_upstream_errors(label, raw, lookup)
+    if lookup is not None:
+        for field, target in REFERENCES.get(collection, ()):
+            ref = raw.get(field)
+            if isinstance(ref, (str, int)) and not isinstance(ref, bool) and lookup(target, str(ref)) is None:
+                errors.append(f'{label}.{field}: {field.removesuffix("_id")} "{ref}" not found')
+    return errors
+
+
+def _route_upstream_errors(label: str, raw: dict[str, Any], lookup: Lookup | None) -> list[str]:
+    missing = [f"{label}.upstream: required (no upstream, upstream_id, or service with an upstream)"]
+    if raw.get("upstream") is not None or raw.get("upstream_id") is not None:
+        return []
+    sid = raw.get("service_id")
+    if sid is None:
+        return missing
+    if lookup is None or not isinstance(sid, (str, int)) or isinstance(sid, bool):
+        return []
+    service = lookup("services", str(sid))
+    if service is None:  # reported as a broken reference
+        return []
+    return [] if service.get("upstream") is not None or service.get("upstream_id") is not None else missing
+
+
+def _ssl_errors(label: str, raw: dict[str, Any]) -> list[str]:
+    errors = []
+    for field in ("cert", "key"):
+        if raw.get(field) is None:
+            errors.append(f"{label}.{field}: required")
+    if raw.get("type", "server") == "server" and raw.get("sni") is None and raw.get("snis") is None:
+        errors.append(f"{label}.snis: required (set sni or snis)")
+    certs, keys = raw.get("certs"), raw.get("keys")
+    if isinstance(certs, list) and isinstance(keys, list) and len(certs) != len(keys):
+        errors.append(f"{label}.keys: must have as many entries as certs")
+    pems = [("cert", raw.get("cert"), "CERTIFICATE"), ("key", raw.get("key"), "PRIVATE KEY")]
+    pems += [(f"certs[{i}]", c, "CERTIFICATE") for i, c in enumerate(certs if isinstance(certs, list) else [])]
+    pems += [(f"keys[{i}]", k, "PRIVATE KEY") for i, k in enumerate(keys if isinstance(keys, list) else [])]
+    for where, pem, kind in pems:
+        if isinstance(pem, str) and not re.search(rf"-----BEGIN [A-Z ]*{kind}-----", pem):
+            errors.append(f"{label}.{where}: not a PEM {kind.lower()}")
+    return errors
+
+
+def _plugin_metadata_errors(label: str, name: str, raw: dict[str, Any], get_plugin: GetPlugin) -> list[str]:
+    cls = get_plugin(name)
+    if cls is None:
+        return [f'{label}: unknown plugin "{name}"']
+    errors = []
+    if "id" in raw and raw["id"] != name:
+        errors.append(f"{label}.id: {raw['id']!r} does not match {name!r} (the plugin name in the path)")
+    body = {k: v for k, v in raw.items() if k not in ("id", "create_time", "update_time")}
+    schema = getattr(cls, "MetadataConfig", None)  # APISIX's metadata_schema; any object when absent
+    if schema is not None:
+        _convert(label, body, schema, errors)
+    return errors

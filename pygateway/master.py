@@ -26,8 +26,10 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.config import ConfigError, load_yaml
+from pygateway.config import ConfigError
+from pygateway.control import AdminServer, FileSource, StoreSource, admin_keys
 from pygateway.registry import Registry
+from pygateway.store.base import Store, StoreError
 from pygateway.worker import build
 
 log = logging.getLogger("pygateway.master")
@@ -57,18 +59,18 @@ class Settings:
     workers: int
     config_path: str | None
     plugin_dirs: list[str] = field(default_factory=list)
+    store: str = "sqlite"  # sqlite | yaml | etcd (yaml when config_path is set)
+    data_dir: str = "pygateway-data"
+    etcd_endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
+    etcd_prefix: str = "/apisix"
+    admin_listen: tuple[str, int] | None = ("127.0.0.1", 9180)  # None: no admin API
+    admin_key: str | None = None
+    viewer_key: str | None = None
+    allow_admin: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     drain_timeout: float = 30.0
     header_timeout: float = 10.0
     keepalive_requests: int = 1000
     max_connections: int = 10_000
-
-
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> None:
@@ -88,7 +90,16 @@ class Master:
         self.sel = selectors.DefaultSelector()
         self.stopping: str | None = None
         self.reload_requested = False
-        self.stamp: tuple[int, int, int] | None = None
+        self.admin: AdminServer | None = None
+        self.admin_info = ""
+        # Woken by signals (set_wakeup_fd) and by store watchers: the main loop reacts at once.
+        self._wake = socket.socketpair()
+        for sock in self._wake:
+            sock.setblocking(False)
+        self.sel.register(self._wake[0], selectors.EVENT_READ, None)
+        self.data_dir = Path(settings.data_dir)
+        self.store: Store | None = None
+        self.source: FileSource | StoreSource = self._make_source()
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self.shm_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.limits")
         self._limits = _core.Limiter(self.shm_path, slots=1 << 16, create=True)
@@ -96,17 +107,35 @@ class Master:
         self.registry = Registry(plugin_dirs)
 
     # ------------------------------------------------------------------ config
+    def _make_source(self) -> FileSource | StoreSource:
+        if self.s.config_path is not None:
+            return FileSource(self.s.config_path)
+        cache = self.data_dir / "config-cache.json"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.s.store == "etcd":
+            from pygateway.store.etcd import EtcdStore
+
+            self.store = EtcdStore(self.s.etcd_endpoints, self.s.etcd_prefix)
+        else:
+            from pygateway.store.sqlite import SqliteStore
+
+            self.store = SqliteStore(self.data_dir / "config.db")
+        return StoreSource(self.store, cache, self.wakeup)
+
+    def wakeup(self) -> None:
+        try:
+            self._wake[1].send(b"w")
+        except OSError:
+            pass  # already pending
+
     def _read_config(self) -> dict[str, Any]:
-        if self.s.config_path is None:
-            return {}
-        self.stamp = _file_stamp(self.s.config_path)
-        raw = load_yaml(self.s.config_path)
+        raw = self.source.read()
         dirs = raw.pop("plugin_dirs", None) or []
         if dirs and sorted(dirs) != sorted(self.s.plugin_dirs):
             if self.version:
                 log.warning("plugin_dirs changed: restart the gateway to load new plugin code")
             else:
-                base = Path(self.s.config_path).parent
+                base = Path(self.s.config_path or ".").parent
                 self.s.plugin_dirs = [str((base / d).resolve()) for d in dirs]
                 self.registry = Registry(self.s.plugin_dirs)
         return raw
@@ -115,15 +144,43 @@ class Master:
         raw = self._read_config()
         check_config(raw, self.registry, 1)
         self.raw, self.version = raw, 1
+        self.source.good(raw)
+
+    def start_admin(self) -> None:
+        if self.s.admin_listen is None:
+            return
+        from pygateway.admin import create_app
+
+        host, port = self.s.admin_listen
+        admin, viewer, created = admin_keys(self.data_dir, self.s.admin_key, self.s.viewer_key)
+        if self.store is None:
+            from pygateway.store.yaml_store import YamlStore
+
+            assert self.s.config_path is not None
+            self.store = YamlStore(self.s.config_path)
+        app = create_app(self.store, self.registry, admin, viewer, self.s.allow_admin, on_write=self.wakeup)
+        self.admin = AdminServer(app, host, port)
+        self.admin.start()
+        url = f"http://{host}:{port}/apisix/admin"
+        if created and not self.s.admin_key:
+            self.admin_info = (
+                f"admin API on {url}; X-API-KEY (admin): {admin}  (viewer: {viewer})\n"
+                f"  the keys are saved in {self.data_dir / 'admin_keys.json'} and not printed again"
+            )
+        else:
+            self.admin_info = f"admin API on {url}; keys in {self.data_dir / 'admin_keys.json'}"
+        if self.store.read_only:
+            self.admin_info += f"\n  read-only: the config comes from {self.s.config_path}"
 
     def reload(self, why: str) -> bool:
         try:
             raw = self._read_config()
             check_config(raw, self.registry, self.version + 1)
-        except (ConfigError, _core.ConfigError, TypeError, ValueError) as exc:
+        except (ConfigError, _core.ConfigError, StoreError, TypeError, ValueError) as exc:
             log.error("config reload (%s) rejected; still serving version %d:\n%s", why, self.version, exc)
             return False
         self.raw, self.version = raw, self.version + 1
+        self.source.good(raw)
         msg = self._config_msg()
         for w in self.workers.values():
             self._send(w, msg)
@@ -254,12 +311,7 @@ class Master:
             self.stopping = "fast"
 
     def install_signals(self) -> None:
-        rsock, wsock = socket.socketpair()
-        rsock.setblocking(False)
-        wsock.setblocking(False)
-        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
-        self.sel.register(rsock, selectors.EVENT_READ, None)
-        self._wake = (rsock, wsock)
+        signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, self._on_signal)
 
@@ -272,11 +324,11 @@ class Master:
                 self.reload_requested = False
                 self.reload("SIGHUP")
             now = time.monotonic()
-            if self.s.config_path and now - last_poll >= POLL_INTERVAL:
+            # A store tells us about changes (and wakes the loop); a file is polled.
+            if isinstance(self.source, StoreSource) or now - last_poll >= POLL_INTERVAL:
                 last_poll = now
-                stamp = _file_stamp(self.s.config_path)
-                if stamp is not None and stamp != self.stamp:
-                    self.reload("file changed")
+                if self.source.changed():
+                    self.reload(f"{self.source.description} changed")
         return self.shutdown(self.stopping)
 
     def shutdown(self, how: str) -> int:
@@ -298,6 +350,9 @@ class Master:
         return 0
 
     def cleanup(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+        self.source.close()
         for w in self.workers.values():
             if w.proc.poll() is None:
                 w.proc.kill()

@@ -44,10 +44,17 @@ class Upstream:
         self.url = f"http://{self.addr}"
 
 
+ADMIN_KEY = "test-admin-key"
+VIEWER_KEY = "test-viewer-key"
+
+
 class Gateway:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, config_path: Path, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, config_path: Path, log_path: Path,
+                 admin_port: int) -> None:  # fmt: skip
         self.proc, self.port, self.config_path, self.log_path = proc, port, config_path, log_path
         self.url = f"http://127.0.0.1:{port}"
+        self.admin_url = f"http://127.0.0.1:{admin_port}/apisix/admin"
+        self.admin_headers = {"X-API-KEY": ADMIN_KEY}
         self.version = 1
 
     def log(self) -> str:
@@ -119,18 +126,23 @@ def upstream() -> Iterator[Callable[..., Upstream]]:
 def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
-    def start(config: dict[str, Any] | str | None, workers: int = 1, args: list[str] | None = None) -> Gateway:
-        port = free_port()
+    def start(config: dict[str, Any] | str | None, workers: int = 1, args: list[str] | None = None,
+              data_dir: Path | None = None) -> Gateway:  # fmt: skip
+        """Start `pygateway run`: on a standalone file when `config` is given, else on the SQLite
+        store in `data_dir` (fresh by default), with its admin API on a free port."""
+        port, admin_port = free_port(), free_port()
         cfg = tmp_path / f"apisix-{port}.yaml"
         log = tmp_path / f"gateway-{port}.log"
+        data = data_dir or tmp_path / f"data-{port}"
         cmd = [sys.executable, "-m", "pygateway.cli", "run", "--listen", f"127.0.0.1:{port}",
-               "--workers", str(workers), *(args or [])]  # fmt: skip
+               "--workers", str(workers), "--admin-listen", f"127.0.0.1:{admin_port}", "--data-dir", str(data),
+               "--admin-key", ADMIN_KEY, "--viewer-key", VIEWER_KEY, *(args or [])]  # fmt: skip
         if config is not None:
             write_config(cfg, config)
             cmd += ["-c", str(cfg)]
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
-        gw = Gateway(proc, port, cfg, log)
+        gw = Gateway(proc, port, cfg, log, admin_port)
         started.append(gw)
         gw.wait_log("listening on", timeout=30)
         return gw

@@ -531,11 +531,13 @@ def test_unreadable_config_is_one_line_exit_1(tmp_path: Path, which: str) -> Non
 
 
 def test_without_config_serves_404_and_prints_how_to_add_routes(gateway) -> None:
+    """Without -c the gateway runs on the embedded SQLite store and says how to add a route."""
     gw = gateway(None, workers=1)
     log = gw.log()
-    assert f"listening on http://127.0.0.1:{gw.port} with 1 workers" in log
-    assert "no config given" in log
-    assert "routes:" in log and "pygateway run -c" in log
+    assert f"listening on http://127.0.0.1:{gw.port} with 1 workers (sqlite store)" in log
+    assert "no routes yet" in log
+    assert f"curl {gw.admin_url}/routes/1 -H 'X-API-KEY: <admin key>' -X PUT" in log
+    assert "pygateway run -c" in log
     for path in ("/", "/anything", "/a/b?c=d", "/hello"):
         st, headers, body = get(gw.port, path)
         assert st == 404, path
