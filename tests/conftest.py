@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+# The real etcd server fixture (`etcd`) lives in etcd_server.py.
+pytest_plugins = ["etcd_server"]
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 

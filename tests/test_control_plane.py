@@ -11,7 +11,6 @@ import sys
 import time
 
 import httpx
-
 from conftest import ROOT, free_port, wait_port
 
 

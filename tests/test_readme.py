@@ -7,12 +7,11 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from conftest import ROOT
 
 
 def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return re.findall(rf"```{lang}\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
 
 
 def test_readme_plugin_example(upstream, gateway, tmp_path: Path):

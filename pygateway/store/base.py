@@ -9,6 +9,7 @@ Values are JSON objects (dicts). Every write bumps the store-wide revision (an i
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ class Store(abc.ABC):
         """Delete; returns the deleted item, or None when the key did not exist."""
 
     @abc.abstractmethod
-    def load_all(self) -> tuple[int, list[Item]]:
+    def load_all(self) -> tuple[int, builtins.list[Item]]:
         """The whole content and the revision it is consistent with."""
 
     @abc.abstractmethod

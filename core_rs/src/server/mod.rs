@@ -117,7 +117,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let drain = loop {
         tokio::select! {
-            fast = &mut shutdown => break !fast,
+            drain = &mut shutdown => break drain,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
