@@ -26,11 +26,11 @@ from typing import Any
 import orjson
 
 from pygateway import _core
+from pygateway.compiled import Compiled
 from pygateway.config import ConfigError
 from pygateway.control import AdminServer, FileSource, StoreSource, admin_keys
 from pygateway.registry import Registry
 from pygateway.store.base import Store, StoreError
-from pygateway.worker import build
 
 log = logging.getLogger("pygateway.master")
 
@@ -73,10 +73,13 @@ class Settings:
     max_connections: int = 10_000
 
 
-def check_config(raw: dict[str, Any], registry: Registry, version: int) -> None:
-    """Everything a worker will do with the config, done once here first (incl. the Rust compile)."""
-    snapshot, _chains = build(raw, version, registry)
-    _core.check_snapshot(snapshot)
+def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
+    """Validate and compile once, then do what a worker will do with it as a dry run (instantiate the
+    plugin chains, compile the route table in Rust), so a bad config never reaches the workers."""
+    compiled = Compiled.from_raw(raw, version, registry)
+    compiled.chains(registry)
+    _core.check_snapshot(compiled.snapshot)
+    return compiled
 
 
 class Master:
@@ -84,6 +87,7 @@ class Master:
         self.s = settings
         self.version = 0
         self.raw: dict[str, Any] = {}
+        self.compiled: Compiled | None = None
         self.workers: dict[int, WorkerProc] = {}
         self.respawn_at: dict[int, float] = {}
         self.crashes: dict[int, int] = {}
@@ -142,7 +146,7 @@ class Master:
 
     def load_initial(self) -> None:
         raw = self._read_config()
-        check_config(raw, self.registry, 1)
+        self.compiled = check_config(raw, self.registry, 1)
         self.raw, self.version = raw, 1
         self.source.good(raw)
 
@@ -175,11 +179,11 @@ class Master:
     def reload(self, why: str) -> bool:
         try:
             raw = self._read_config()
-            check_config(raw, self.registry, self.version + 1)
+            compiled = check_config(raw, self.registry, self.version + 1)
         except (ConfigError, _core.ConfigError, StoreError, TypeError, ValueError) as exc:
             log.error("config reload (%s) rejected; still serving version %d:\n%s", why, self.version, exc)
             return False
-        self.raw, self.version = raw, self.version + 1
+        self.raw, self.version, self.compiled = raw, self.version + 1, compiled
         self.source.good(raw)
         msg = self._config_msg()
         for w in self.workers.values():
@@ -188,7 +192,8 @@ class Master:
         return True
 
     def _config_msg(self) -> bytes:
-        return orjson.dumps({"version": self.version, "config": self.raw}) + b"\n"
+        assert self.compiled is not None
+        return self.compiled.encode()
 
     # ------------------------------------------------------------------ workers
     def _spawn(self, wid: int) -> WorkerProc:

@@ -1,7 +1,7 @@
 """A worker process: the Rust data plane on the main thread, a config reader thread, an asyncio loop.
 
-Started by the master as `python -m pygateway.worker`. Protocol with the master (one JSON object per
-line): stdin brings `{"version": N, "config": {...}}`; stdout answers `{"applied": N}`,
+Started by the master as `python -m pygateway.worker`. stdin brings compiled configs (see
+`pygateway.compiled`); stdout answers one JSON object per line: `{"applied": N}`,
 `{"rejected": N, "error": "..."}`, or `{"fatal": "..."}` before exiting.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.config import ConfigError, compile_snapshot, validate
-from pygateway.host import AsyncLoop, Chain
+from pygateway.compiled import Compiled
+from pygateway.host import AsyncLoop
 from pygateway.registry import PluginLoadError, Registry
 
 log = logging.getLogger("pygateway.worker")
@@ -30,39 +30,19 @@ def _say(msg: dict[str, Any]) -> None:
     sys.stdout.buffer.flush()
 
 
-def build(raw: dict[str, Any], version: int, registry: Registry) -> tuple[bytes, dict[str, Chain]]:
-    """Validate and flatten a config, and instantiate each route's Python plugin chain."""
-    cfg = validate(raw, registry.get)
-    snapshot, route_plugins, global_plugins = compile_snapshot(cfg, version)
-    chains: dict[str, Chain] = {}
-    for route_id, pairs in route_plugins.items():
-        plugins = [cls(conf) for cls, conf in global_plugins] + [cls(conf) for cls, conf in pairs]
-        if plugins:
-            chains[route_id] = Chain(plugins)
-    if global_plugins:
-        for r in snapshot["routes"]:
-            if r["id"] not in chains:
-                chains[r["id"]] = Chain([cls(conf) for cls, conf in global_plugins])
-    return orjson.dumps(snapshot), chains
-
-
-def _apply(worker: _core.Worker, registry: Registry, line: bytes) -> bool:
-    msg = orjson.loads(line)
-    version = int(msg["version"])
+def _apply(worker: _core.Worker, registry: Registry, compiled: Compiled) -> bool:
     try:
-        snapshot, chains = build(msg["config"], version, registry)
-        worker.apply(snapshot, chains)
-    except (ConfigError, _core.ConfigError, TypeError, ValueError) as exc:
-        _say({"rejected": version, "error": str(exc)})
+        worker.apply(compiled.snapshot, compiled.chains(registry))
+    except (_core.ConfigError, TypeError, ValueError) as exc:
+        _say({"rejected": compiled.version, "error": str(exc)})
         return False
-    _say({"applied": version})
+    _say({"applied": compiled.version})
     return True
 
 
 def _reader(worker: _core.Worker, registry: Registry) -> None:
-    for line in sys.stdin.buffer:
-        if line.strip():
-            _apply(worker, registry, line)
+    while (compiled := Compiled.read(sys.stdin.buffer)) is not None:
+        _apply(worker, registry, compiled)
     # The master went away: drain and exit.
     worker.stop()
 
@@ -90,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=args.max_connections,
         )
         # Serve nothing until the first config is in: a respawned worker must not answer 404s.
-        first = sys.stdin.buffer.readline()
-        if not first or not _apply(worker, registry, first):
+        first = Compiled.read(sys.stdin.buffer)
+        if first is None or not _apply(worker, registry, first):
             _say({"fatal": "no valid initial config"})
             return 1
         worker.bind(args.host, args.port)
