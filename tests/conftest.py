@@ -108,8 +108,8 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
 def upstream() -> Iterator[Callable[..., Upstream]]:
     started: list[Upstream] = []
 
-    def start(name: str = "up") -> Upstream:
-        port = free_port()
+    def start(name: str = "up", port: int | None = None) -> Upstream:
+        port = port or free_port()
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "echo_upstream.py"), str(port), name],
             stdout=subprocess.DEVNULL,
@@ -130,10 +130,10 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     started: list[Gateway] = []
 
     def start(config: dict[str, Any] | str | None, workers: int = 1, args: list[str] | None = None,
-              data_dir: Path | None = None) -> Gateway:  # fmt: skip
+              data_dir: Path | None = None, port: int | None = None, admin_port: int | None = None) -> Gateway:  # fmt: skip
         """Start `pygateway run`: on a standalone file when `config` is given, else on the SQLite
-        store in `data_dir` (fresh by default), with its admin API on a free port."""
-        port, admin_port = free_port(), free_port()
+        store in `data_dir` (fresh by default), with its admin API on a free port (or the given ones)."""
+        port, admin_port = port or free_port(), admin_port or free_port()
         cfg = tmp_path / f"apisix-{port}.yaml"
         log = tmp_path / f"gateway-{port}.log"
         data = data_dir or tmp_path / f"data-{port}"
