@@ -8,8 +8,8 @@ pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
-use body::ChunkFilter;
 use arc_swap::ArcSwap;
+use body::ChunkFilter;
 use body::{DropHook, GwBody};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -455,7 +455,9 @@ fn finish_with_chain(
             // A gateway-made body is one chunk: filter it now, as its last.
             GwBody::Full(b) => match filter.filter(b.unwrap_or_default(), true) {
                 Ok(out) => {
-                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
                     GwBody::full(out)
                 }
                 Err(_) => return short(host::internal_error("plugin error")),
