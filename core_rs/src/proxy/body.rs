@@ -1,5 +1,6 @@
 //! One body type for everything the gateway sends: its own short responses, streamed upstream
 //! bodies, and streams that pass through a Python `body_filter`.
+use crate::proxy::h1client::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
@@ -16,8 +17,10 @@ pub enum GwBody {
     /// A body made by the gateway (errors, plugin responses): sent in one frame.
     Full(Option<Bytes>),
     Stream(Incoming),
+    /// A response body streamed from an upstream connection (returns it to the pool at its end).
+    Upstream(UpstreamBody),
     Filtered {
-        inner: Incoming,
+        inner: Box<GwBody>,
         filter: Box<dyn ChunkFilter + Send>,
         done: bool,
     },
@@ -56,6 +59,7 @@ impl Body for GwBody {
         match self.get_mut() {
             GwBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            GwBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
             GwBody::Filtered {
                 inner,
@@ -65,7 +69,7 @@ impl Body for GwBody {
                 if *done {
                     return Poll::Ready(None);
                 }
-                match Pin::new(inner).poll_frame(cx) {
+                match Pin::new(inner.as_mut()).poll_frame(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => {
@@ -75,7 +79,7 @@ impl Body for GwBody {
                         // Trailers pass through untouched.
                         Err(frame) => Poll::Ready(Some(Ok(frame))),
                     },
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
                     Poll::Ready(None) => {
                         *done = true;
                         let out = filter.filter(Bytes::new(), true)?;
@@ -94,6 +98,7 @@ impl Body for GwBody {
         match self {
             GwBody::Full(b) => b.is_none(),
             GwBody::Stream(b) => b.is_end_stream(),
+            GwBody::Upstream(b) => b.is_end_stream(),
             GwBody::Filtered { done, .. } => *done,
             GwBody::Hooked(b, _) => b.is_end_stream(),
         }
@@ -103,6 +108,7 @@ impl Body for GwBody {
         match self {
             GwBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             GwBody::Stream(b) => b.size_hint(),
+            GwBody::Upstream(b) => b.size_hint(),
             // A filter may change the length: no exact hint.
             GwBody::Filtered { .. } => SizeHint::default(),
             GwBody::Hooked(b, _) => b.size_hint(),

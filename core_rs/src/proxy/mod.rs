@@ -1,9 +1,9 @@
 //! The request path of one worker: checks → normalize → route → plugins → upstream → response.
 pub mod body;
+pub mod h1client;
 pub mod lb;
 pub mod normalize;
 pub mod table;
-pub mod upstream;
 pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
@@ -12,8 +12,9 @@ use arc_swap::ArcSwap;
 use body::ChunkFilter;
 use body::{DropHook, GwBody};
 use bytes::Bytes;
+use h1client::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -444,10 +445,10 @@ fn finish_with_chain(
             preq: preq.clone(),
         };
         body = match body {
-            GwBody::Stream(inner) => {
+            inner @ (GwBody::Stream(_) | GwBody::Upstream(_)) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 GwBody::Filtered {
-                    inner,
+                    inner: Box::new(inner),
                     filter: Box::new(filter),
                     done: false,
                 }
@@ -531,19 +532,19 @@ async fn proxy_to_upstream(
     }
     let path_q = match &out.query {
         Some(q) => format!("{}?{}", out.path, q),
-        None => out.path.clone(),
+        None => std::mem::take(&mut out.path),
     };
-    let scheme = if u.https { "https" } else { "http" };
-    let client = upstream::client_for(route.connect_timeout, u.tls_verify);
+    let tls = u.https.then_some(if u.tls_verify {
+        TlsMode::Verify
+    } else {
+        TlsMode::NoVerify
+    });
     let bodyless = match (&body, &out.body) {
         (ReqBody::Stream(b), _) => hyper::body::Body::is_end_stream(b),
         (ReqBody::Buffered, b) => b.as_ref().is_none_or(|b| b.is_empty()),
     };
-    if let Some(b) = &out.body {
-        out.headers
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-    }
-    // Only keep a copy of the headers when a second try can actually happen.
+    // Another node may be tried only when nothing was sent (connect failed) and the request can be
+    // replayed: no streamed body, an idempotent method, a balancer-picked node.
     let can_retry = bodyless
         && is_idempotent(&out.method)
         && out.node_override.is_none()
@@ -553,15 +554,15 @@ async fn proxy_to_upstream(
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
     loop {
-        let (authority, node_idx) = match &out.node_override {
+        let (target_host, port, authority, node_idx) = match &out.node_override {
             Some((h, p)) => {
-                let h = if h.contains(':') && !h.starts_with('[') {
-                    format!("[{h}]")
+                let bracketed = if h.contains(':') {
+                    format!("[{h}]:{p}")
                 } else {
-                    h.clone()
+                    format!("{h}:{p}")
                 };
-                match HeaderValue::from_str(&format!("{h}:{p}")) {
-                    Ok(a) => (a, None),
+                match HeaderValue::from_str(&bracketed) {
+                    Ok(a) => (h.as_str(), *p, a, None),
                     Err(_) => {
                         return error_response(
                             StatusCode::BAD_GATEWAY,
@@ -571,87 +572,77 @@ async fn proxy_to_upstream(
                 }
             }
             None => match u.balancer.pick(hkey.as_deref(), &tried) {
-                Some(i) => (u.nodes[i].authority.clone(), Some(i)),
+                Some(i) => {
+                    let n = &u.nodes[i];
+                    (n.addr_host.as_str(), n.port, n.authority.clone(), Some(i))
+                }
                 None => {
                     return error_response(StatusCode::BAD_GATEWAY, "no upstream node available")
                 }
             },
         };
-        let uri: Uri =
-            match format!("{scheme}://{}{}", authority.to_str().unwrap_or(""), path_q).parse() {
-                Ok(u) => u,
-                Err(_) => return error_response(StatusCode::BAD_REQUEST, "invalid request URI"),
-            };
-        let mut headers = if can_retry {
-            out.headers.clone()
-        } else {
-            std::mem::take(&mut out.headers)
-        };
         let host_value = match &u.pass_host {
             // A Host header a plugin set (e.g. proxy-rewrite `host`) wins over `pass_host`.
             _ if plugin_host.is_some() => plugin_host.clone(),
             PassHost::Pass => orig_host.clone(),
-            PassHost::Node => Some(authority.clone()),
+            PassHost::Node => None,
             PassHost::Rewrite(h) => Some(h.clone()),
         };
-        match host_value {
-            Some(h) => {
-                headers.insert(header::HOST, h);
-            }
-            None => {
-                headers.insert(header::HOST, authority.clone());
-            }
-        }
+        out.headers
+            .insert(header::HOST, host_value.unwrap_or(authority));
         let req_body = match (body.take(), &out.body) {
-            (_, _) if bodyless => GwBody::empty(),
-            (Some(ReqBody::Stream(b)), _) => GwBody::Stream(b),
-            (_, Some(b)) => GwBody::full(b.clone()),
-            _ => GwBody::empty(),
+            _ if bodyless => h1client::ReqBody::Empty,
+            (Some(ReqBody::Stream(b)), _) => h1client::ReqBody::Stream(b),
+            (_, Some(b)) => h1client::ReqBody::Full(b.clone()),
+            _ => h1client::ReqBody::Empty,
         };
-        let mut up_req = Request::new(req_body);
-        *up_req.method_mut() = out.method.clone();
-        *up_req.uri_mut() = uri;
-        *up_req.headers_mut() = headers;
+        let target = Target {
+            host: target_host,
+            port,
+            tls,
+        };
+        let req = UpstreamRequest {
+            method: &out.method,
+            path_and_query: &path_q,
+            headers: &out.headers,
+            body: req_body,
+        };
         if let Some(i) = node_idx {
             u.balancer.on_start(i);
         }
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(route.read_timeout, client.request(up_req)).await;
+        let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
         if let Some(i) = node_idx {
             u.balancer.on_finish(i, started.elapsed().as_nanos() as u64);
         }
-        match result {
-            Err(_) => return error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
-            Ok(Ok(resp)) => {
+        let err = match result {
+            Ok(resp) => {
                 let (mut parts, inc) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                return Response::from_parts(parts, GwBody::Stream(inc));
+                return Response::from_parts(parts, GwBody::Upstream(inc));
             }
-            Ok(Err(e)) => {
-                let connect_failed = upstream::is_connect_error(&e);
-                if connect_failed
-                    && upstream::is_timeout(&e)
-                    && !(can_retry && more_tries(u, &tried, node_idx))
-                {
-                    return error_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream connect timed out",
-                    );
+            Err(e) => e,
+        };
+        let nothing_sent = matches!(
+            err,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
+        );
+        if nothing_sent && can_retry {
+            if let Some(i) = node_idx {
+                tried.push(i);
+                if tried.len() <= u.retries {
+                    continue;
                 }
-                if connect_failed && can_retry {
-                    if let Some(i) = node_idx {
-                        tried.push(i);
-                        if tried.len() <= u.retries {
-                            continue;
-                        }
-                    }
-                }
-                return error_response(StatusCode::BAD_GATEWAY, "upstream unavailable");
             }
         }
+        return match err {
+            UpstreamError::ConnectTimeout => {
+                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
+            }
+            UpstreamError::Timeout => {
+                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
+            }
+            _ => error_response(StatusCode::BAD_GATEWAY, "upstream unavailable"),
+        };
     }
-}
-
-fn more_tries(u: &Upstream, tried: &[usize], node: Option<usize>) -> bool {
-    node.is_some() && tried.len() < u.retries
 }

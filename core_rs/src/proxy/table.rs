@@ -38,7 +38,8 @@ pub struct Upstream {
 }
 
 pub struct Node {
-    pub host: String,
+    /// The host as configured (an IPv6 literal without brackets): what to connect to.
+    pub addr_host: String,
     pub port: u16,
     /// `host:port` as a Host header value (pass_host: node) and URI authority.
     pub authority: HeaderValue,
@@ -179,7 +180,11 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
         let authority = HeaderValue::from_str(&format!("{host}:{}", n.port))
             .map_err(|_| err("nodes", format!("invalid host {:?}", n.host)))?;
         nodes.push(Node {
-            host,
+            addr_host: n
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port: n.port,
             authority,
         });
