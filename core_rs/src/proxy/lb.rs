@@ -147,6 +147,11 @@ impl Balancer {
         self.kind
     }
 
+    /// Whether `on_start`/`on_finish` matter (least_conn, ewma): others skip the bookkeeping.
+    pub fn tracks_load(&self) -> bool {
+        matches!(self.kind, LbKind::LeastConn | LbKind::Ewma)
+    }
+
     /// Number of nodes (including drained ones).
     pub fn len(&self) -> usize {
         self.weights.len()

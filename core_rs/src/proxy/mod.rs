@@ -60,7 +60,7 @@ fn short(resp: ShortResponse) -> Response<GwBody> {
     r
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -72,6 +72,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // One pass over the names first: most requests and responses carry none of them.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if let Some(conn) = h.get(header::CONNECTION) {
         let named: Vec<String> = conn
             .to_str()
@@ -265,7 +269,12 @@ pub async fn handle(
             }
         }
         preq = Some(p);
-        sync_outgoing(&mut out, preq.as_ref().expect("set above"));
+        sync_outgoing(
+            &mut out,
+            chain,
+            preq.as_ref().expect("set above"),
+            host::ACCESS,
+        );
     }
 
     // Native limiters (shared-memory state, exact across workers).
@@ -333,7 +342,7 @@ pub async fn handle(
                 let preq = preq.expect("checked");
                 return finish_short(chain, preq, r);
             }
-            sync_outgoing(&mut out, p);
+            sync_outgoing(&mut out, chain, p, host::BEFORE_PROXY);
         }
     }
 
@@ -379,8 +388,8 @@ const MAX_BUFFERED_BODY: usize = 1024 * 1024;
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Copy what the request phases changed back into the outgoing request.
-fn sync_outgoing(out: &mut Outgoing, p: &PyReq) {
-    let o = PyChain::outcome(p);
+fn sync_outgoing(out: &mut Outgoing, chain: &PyChain, p: &PyReq, phase: u8) {
+    let o = chain.outcome(p, phase);
     if o.state.body.is_some() {
         out.body = o.state.body.clone();
     }
@@ -607,13 +616,14 @@ async fn proxy_to_upstream(
             headers: &out.headers,
             body: req_body,
         };
-        if let Some(i) = node_idx {
+        let tracked = node_idx.filter(|_| u.balancer.tracks_load());
+        let started = tracked.map(|i| {
             u.balancer.on_start(i);
-        }
-        let started = std::time::Instant::now();
+            std::time::Instant::now()
+        });
         let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
-        if let Some(i) = node_idx {
-            u.balancer.on_finish(i, started.elapsed().as_nanos() as u64);
+        if let (Some(i), Some(t)) = (tracked, started) {
+            u.balancer.on_finish(i, t.elapsed().as_nanos() as u64);
         }
         let err = match result {
             Ok(resp) => {

@@ -216,24 +216,39 @@ impl PyChain {
         }
     }
 
-    /// Read back what plugins changed (headers, path, query, method, consumer, chosen node). The
-    /// view keeps its copy: later phases (`log` included) may still read the request.
-    pub fn outcome(preq: &PyReq) -> ReqOutcome {
+    /// Read back what plugins changed (headers, path, query, method, consumer, chosen node) after
+    /// `phase`. When a later phase may still read the request, the view keeps a copy; otherwise
+    /// the data is moved out (no copy on the common path).
+    pub fn outcome(&self, preq: &PyReq, phase: u8) -> ReqOutcome {
+        let keep = self.phases >> (phase + 1) != 0;
         Python::attach(|py| {
             let r = preq.req.get().get();
-            let headers = r.headers.bind(py).get().snapshot();
-            let s = lock_state(r);
-            ReqOutcome {
-                state: ReqState {
+            let headers = if keep {
+                r.headers.bind(py).get().snapshot()
+            } else {
+                r.headers.bind(py).get().take()
+            };
+            let mut s = lock_state(r);
+            let state = if keep {
+                ReqState {
                     method: s.method.clone(),
                     path: s.path.clone(),
                     query: s.query.clone(),
                     consumer: s.consumer.clone(),
                     upstream: s.upstream.clone(),
                     body: s.body.clone(),
-                },
-                headers,
-            }
+                }
+            } else {
+                ReqState {
+                    method: s.method.clone(),
+                    path: std::mem::take(&mut s.path),
+                    query: s.query.take(),
+                    consumer: s.consumer.take(),
+                    upstream: s.upstream.take(),
+                    body: s.body.take(),
+                }
+            };
+            ReqOutcome { state, headers }
         })
     }
 
