@@ -241,3 +241,30 @@ def test_plugin_reads_and_replaces_the_body(upstream, gateway, plugin_dir):
     r = httpx.post(gw.url + "/", content=b"x" * (1024 * 1024 + 1))
     assert r.status_code == 413 and r.json() == {"error_msg": "request body larger than 1 MiB"}
     assert httpx.get(gw.url + "/").status_code == 200
+
+
+def test_entry_point_plugins_are_found(tmp_path):
+    """A package that declares a plugin under the `pygateway.plugins` entry-point group is found
+    (here: an installed-looking distribution on PYTHONPATH), and `plugins list` says where from."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "acme_plugins-1.0.dist-info").mkdir(parents=True)
+    (site / "acme_plugins-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugins\nVersion: 1.0\n")
+    (site / "acme_plugins-1.0.dist-info" / "entry_points.txt").write_text(
+        "[pygateway.plugins]\nacme-tag = acme_plugins:AcmeTag\n"
+    )
+    (site / "acme_plugins.py").write_text(
+        "from pygateway import Plugin\n\n"
+        "class AcmeTag(Plugin):\n    name = 'acme-tag'\n    priority = 77\n"
+        "    def access(self, req, ctx):\n        req.headers['x-acme'] = '1'\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "pygateway.cli", "plugins", "list"], capture_output=True, text=True,
+                         env=env, check=True)  # fmt: skip
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("acme-tag"))
+    assert "77" in line and "access" in line and "entry point acme_plugins:AcmeTag" in line
+    assert any(ln.startswith("limit-req") and "native" in ln for ln in out.stdout.splitlines())
+    assert any(ln.startswith("proxy-rewrite") and "built-in" in ln for ln in out.stdout.splitlines())
