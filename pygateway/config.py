@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any, Literal
 
 import msgspec
+import orjson
 import yaml
 
 from pygateway.plugin import Plugin
@@ -337,6 +338,11 @@ def _validate_collection(
             errors.append(f"{label}.{key_field}: duplicate {key_field} {key!r} (first at #{first_pos[key]})")
         else:
             first_pos[key] = pos
+        memo_key = _memo_key(name, item) if usable else None
+        cached = _VALIDATED.get(memo_key) if memo_key is not None else None
+        if cached is not None and cached[1] is _plugin_source(get_plugin):
+            valid[key] = cached[0]  # unchanged since the last validation: reuse it
+            continue
         # Validate even objects without a usable id, so their other errors are reported too.
         # The key is checked above; leave it out so msgspec doesn't report it a second time.
         body = {k: v for k, v in item.items() if k != key_field}
@@ -348,7 +354,33 @@ def _validate_collection(
         else:
             setattr(obj, key_field, key)  # normalized: ids are strings
             valid[key] = obj
+            if memo_key is not None:
+                _remember(memo_key, (obj, _plugin_source(get_plugin)))
     return valid, invalid
+
+
+# Validated objects by (collection, exact JSON of the object): with 10 000 routes, a change to one
+# re-validates that one. Validated objects are not mutated afterwards, so sharing them is safe.
+_VALIDATED: dict[tuple[str, bytes], tuple[Any, object]] = {}
+_MEMO_LIMIT = 200_000
+
+
+def _plugin_source(get_plugin: GetPlugin) -> object:
+    """What decides which plugin classes exist (a registry, or a test's dict)."""
+    return getattr(get_plugin, "__self__", get_plugin)
+
+
+def _memo_key(collection: str, item: dict[str, Any]) -> tuple[str, bytes] | None:
+    try:
+        return collection, orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # YAML values JSON can't hold (dates...): just don't cache
+        return None
+
+
+def _remember(key: tuple[str, bytes], value: tuple[Any, object]) -> None:
+    if len(_VALIDATED) >= _MEMO_LIMIT:
+        _VALIDATED.clear()
+    _VALIDATED[key] = value
 
 
 def _object_key(item: Any, key_field: str) -> str | None:
@@ -569,13 +601,28 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     for rid, route in cfg.routes.items():
         if route.status == 0:
             continue
-        plugins = _merged_plugins(cfg, route)
-        native = {n: msgspec.to_builtins(p.conf) for n, p in plugins.items() if p.cls.native}
-        python_plugins[rid] = _sorted_pairs(p for p in plugins.values() if not p.cls.native)
-        routes.append(_route_snapshot(cfg, rid, route, native))
+        # A route's output depends only on these objects; unchanged ones are reused (see _VALIDATED).
+        service = _service_of(cfg, route)
+        pc = cfg.plugin_configs.get(str(route.plugin_config_id)) if route.plugin_config_id is not None else None
+        deps = (route, service, _route_upstream(cfg, route), pc)
+        cached = _COMPILED.get(rid)
+        if cached is None or any(a is not b for a, b in zip(cached[0], deps)):
+            plugins = _merged_plugins(cfg, route)
+            native = {n: msgspec.to_builtins(p.conf) for n, p in plugins.items() if p.cls.native}
+            pairs = _sorted_pairs(p for p in plugins.values() if not p.cls.native)
+            cached = (deps, _route_snapshot(cfg, rid, route, native), pairs)
+            if len(_COMPILED) >= _MEMO_LIMIT:
+                _COMPILED.clear()
+            _COMPILED[rid] = cached
+        routes.append(cached[1])
+        python_plugins[rid] = cached[2]
     global_entries = (p for rule in cfg.global_rules.values() for p in rule.plugins.values())
     global_plugins = _sorted_pairs(p for p in global_entries if not p.disabled and not p.cls.native)
     return {"version": version, "routes": routes}, python_plugins, global_plugins
+
+
+# Per route id: (the objects it was compiled from, its snapshot, its Python plugins).
+_COMPILED: dict[str, tuple[tuple[Any, ...], dict[str, Any], PluginPairs]] = {}
 
 
 def _route_snapshot(cfg: Config, rid: str, route: Route, native: dict[str, Any]) -> dict[str, Any]:
