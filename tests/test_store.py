@@ -655,3 +655,18 @@ def test_etcd_idle_watch_reopens_without_loss(etcd: Etcd) -> None:
         assert rec.resyncs() == []
     finally:
         s.close()
+
+
+def test_page_lists_direct_children_only(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "p.db")
+    for i in range(25):
+        s.put(f"consumers/u{i:02d}", {"username": f"u{i:02d}"})
+    s.put("consumers/u03/credentials/c1", {"plugins": {}})
+    s.put("consumersx/z", {"id": "z"})
+    items, total = s.page("consumers/", 20, 10)
+    assert total == 25
+    assert [i.key for i in items] == [f"consumers/u{i:02d}" for i in range(20, 25)]
+    # The generic implementation (other stores) agrees with the SQL one.
+    generic = Store.page(s, "consumers/", 20, 10)
+    assert generic == (items, total)
+    s.close()

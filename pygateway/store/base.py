@@ -64,6 +64,12 @@ class Store(abc.ABC):
     def list(self, prefix: str) -> list[Item]:
         """Every item whose key starts with `prefix` (e.g. "routes/"), ordered by key."""
 
+    def page(self, prefix: str, offset: int, limit: int) -> tuple[builtins.list[Item], int]:
+        """One page of the direct children of `prefix` (keys with no further '/') and their count.
+        Stores that can page natively override this."""
+        children = [i for i in self.list(prefix) if "/" not in i.key[len(prefix) :]]
+        return children[offset : offset + limit], len(children)
+
     @abc.abstractmethod
     def put(self, key: str, value: dict[str, Any]) -> Item:
         """Create or replace; returns the stored item. Acknowledged = durable."""

@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .base import Change, Item, OnChange, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,7 @@ class SqliteStore(Store):
     @staticmethod
     def _item(row: tuple[Any, ...]) -> Item:
         key, value, create_rev, mod_rev = row
-        return Item(key, json.loads(value), int(create_rev), int(mod_rev))
+        return Item(key, orjson.loads(value), int(create_rev), int(mod_rev))
 
     def _revision_locked(self) -> int:
         return int(self._db.execute("SELECT COALESCE(MAX(rev), 0) FROM log").fetchone()[0])
@@ -152,7 +154,7 @@ class SqliteStore(Store):
                             "INSERT OR REPLACE INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?)",
                             (key, text, created, rev),
                         )
-                        new = Item(key, json.loads(text), created, rev)
+                        new = Item(key, orjson.loads(text), created, rev)
                     db.execute("INSERT INTO log (rev, key, value) VALUES (?, ?, ?)", (rev, key, text))
                     db.execute("DELETE FROM log WHERE rev <= ?", (rev - self.keep_revisions,))
                     db.execute("COMMIT")
@@ -190,6 +192,19 @@ class SqliteStore(Store):
                 (prefix, end),
             )
         return [self._item(r) for r in rows if r[0].startswith(prefix)]
+
+    def page(self, prefix: str, offset: int, limit: int) -> tuple[builtins.list[Item], int]:
+        """Direct children of `prefix` (not deeper keys), one page of them, and how many there are:
+        done in SQL so a page of a 10 000-object collection doesn't decode all of them."""
+        end = _prefix_end(prefix)
+        where = "key >= ? AND instr(substr(key, ?), '/') = 0" + (" AND key < ?" if end is not None else "")
+        args: tuple[Any, ...] = (prefix, len(prefix) + 1) + ((end,) if end is not None else ())
+        total = self._query(f"SELECT COUNT(*) FROM kv WHERE {where}", args)[0][0]
+        rows = self._query(
+            f"SELECT key, value, create_rev, mod_rev FROM kv WHERE {where} ORDER BY key LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [self._item(r) for r in rows], int(total)
 
     def put(self, key: str, value: dict[str, Any]) -> Item:
         _, new = self._write(key, _dumps(value))
@@ -245,7 +260,7 @@ class SqliteStore(Store):
                 ).fetchall()
             finally:
                 self._db.execute("COMMIT")
-        changes = [Change(int(r), k, json.loads(v) if v is not None else None) for r, k, v in rows]
+        changes = [Change(int(r), k, orjson.loads(v) if v is not None else None) for r, k, v in rows]
         return False, hi, changes
 
     def _watch_loop(self, since: int, on_change: OnChange) -> None:
