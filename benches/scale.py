@@ -3,10 +3,10 @@
     python benches/scale.py [--routes 10000] [--workers 2] [--changes 20]
 
 (a) in-process, for N=10 and N=`--routes`: a config of N routes (a mix of exact, prefix, `:param`
-    and host-bound routes) and the parts of what one change costs (every change rebuilds the whole
-    table): on the master `build()` + `_core.check_snapshot()` + the JSON message; on a worker the
-    message decode, the Python validation/compile (`pygateway.worker.build`: `config.validate` then
-    `config.compile_snapshot`) and the Rust compile+swap (`_core.Worker().apply`).
+    and host-bound routes) where one route changes, and the parts of what that costs: on the master
+    `Compiled.from_raw` (validate + compile, reusing unchanged objects), the dry run (plugin chains +
+    `_core.check_snapshot`) and the message; on a worker the message decode, the plugin chains and
+    the Rust compile+swap (`_core.Worker().apply`) of the whole table.
 (b) end to end: N routes written straight into a fresh data dir's config.db (SqliteStore) before
     the gateway starts; then `--changes` times one route is moved to a new path through the admin
     API, timed as in propagation.py (PUT returned -> first request / every worker sees it) and from
@@ -62,48 +62,39 @@ def timed(fn: Any, *a: Any) -> tuple[float, Any]:
 
 
 def in_process(n: int, reps: int) -> dict[str, Any]:
-    import orjson
+    import io
 
     from pygateway import _core
-    from pygateway.config import compile_snapshot, validate
+    from pygateway.compiled import Compiled
     from pygateway.registry import Registry
-    from pygateway.worker import build
 
     registry = Registry()
     raw = make_raw(n, "127.0.0.1:1980")
     worker = _core.Worker()
-    parts = (
-        "master_total",
-        "msg_decode",
-        "validate",
-        "compile_snapshot",
-        "build",
-        "rust_apply",
-        "worker_total",
-    )
+    parts = ("master_compile", "master_dry_run", "master_total", "msg_decode", "chains", "rust_apply", "worker_total")
     cols: dict[str, list[float]] = {k: [] for k in parts}
     version = 0
-    for _ in range(reps + 1):  # the first round is a warm-up
+    msg = b""
+    for _ in range(reps + 1):  # the first round is a warm-up (and fills the master's caches)
         version += 1
-        # master: check everything once, then serialise the message for the workers
-        t_build, (snap, _chains) = timed(build, raw, version, registry)
-        t_check, _ = timed(_core.check_snapshot, snap)
-        t_msg, msg = timed(lambda v=version: orjson.dumps({"version": v, "config": raw}) + b"\n")
-        # worker: decode, validate + compile (Python), compile + swap (Rust)
-        t_dec, decoded = timed(orjson.loads, msg)
-        t_val, cfg = timed(validate, decoded["config"], registry.get)
-        t_comp, _ = timed(compile_snapshot, cfg, version)
-        t_wbuild, (snap2, chains2) = timed(build, decoded["config"], version, registry)
-        t_apply, _ = timed(worker.apply, snap2, chains2)
+        raw["routes"][0]["uri"] = f"/changed/{version}"  # one route changes per round
+        # master: validate + compile (unchanged objects reused), dry run, encode
+        t_comp, compiled = timed(Compiled.from_raw, raw, version, registry)
+        t_dry, _ = timed(lambda c=compiled: (c.chains(registry), _core.check_snapshot(c.snapshot)))
+        t_msg, msg = timed(compiled.encode)
+        # worker: decode, instantiate plugin chains, compile + swap in Rust
+        t_dec, got = timed(lambda m=msg: Compiled.read(io.BytesIO(m)))
+        t_chains, chains = timed(got.chains, registry)
+        t_apply, _ = timed(worker.apply, got.snapshot, chains)
         if version == 1:
             continue
-        cols["master_total"].append(t_build + t_check + t_msg)
+        cols["master_compile"].append(t_comp)
+        cols["master_dry_run"].append(t_dry)
+        cols["master_total"].append(t_comp + t_dry + t_msg)
         cols["msg_decode"].append(t_dec)
-        cols["validate"].append(t_val)
-        cols["compile_snapshot"].append(t_comp)
-        cols["build"].append(t_wbuild)
+        cols["chains"].append(t_chains)
         cols["rust_apply"].append(t_apply)
-        cols["worker_total"].append(t_dec + t_wbuild + t_apply)
+        cols["worker_total"].append(t_dec + t_chains + t_apply)
     assert worker.version == version
     return {
         "routes": n,
@@ -204,23 +195,14 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"\npygateway from {gwi['pkg']} (_core={gwi['build']}), python {gwi['python']}")
     if gwi["build"] != "release":
         print("WARNING: _core is not a release build: the figures are not meaningful")
-    print("\n(a) in process, one change = a full rebuild (median ms; max in brackets)")
-    keys = [
-        "master_total",
-        "msg_decode",
-        "validate",
-        "compile_snapshot",
-        "build",
-        "rust_apply",
-        "worker_total",
-    ]
+    print("\n(a) in process, one route changed (median ms; max in brackets)")
+    keys = ["master_compile", "master_dry_run", "master_total", "msg_decode", "chains", "rust_apply", "worker_total"]
     print(f"  {'routes':>7} " + " ".join(f"{k:>17}" for k in keys))
     for r in result["in_process"]:
         cells = " ".join(f"{r['median_ms'][k]:>8.2f} [{r['max_ms'][k]:>6.1f}]" for k in keys)
         print(f"  {r['routes']:>7} {cells}")
-    print(
-        "  (build = validate + compile_snapshot + plugin chains + JSON; worker_total = msg_decode + build + rust_apply)"
-    )
+    print("  (master_compile = validate + compile, reusing unchanged objects; worker_total = msg_decode + chains +"
+          " rust_apply)")  # fmt: skip
     e = result.get("end_to_end")
     if e:
         print(f"\n(b) end to end: {e['routes']} routes, {e['workers']} workers, {e['samples']} changes, "
