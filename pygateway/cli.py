@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 NO_CONFIG_HINT = (
     "no config given: every path answers 404. Put routes in an APISIX-style apisix.yaml, e.g.\n"
@@ -49,22 +50,25 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pygateway", description="API gateway: Rust data plane, Python plugins.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start the gateway")
+    # Defaults live in RUN_DEFAULTS so a node config file (--node-config) can sit between them and the flags.
+    run.add_argument("--node-config", help="YAML file of `run` settings by long flag name (flags win)")
     run.add_argument("-c", "--config", help="standalone APISIX-style YAML (watched for changes)")
-    run.add_argument("--listen", type=_listen, default=("0.0.0.0", 9080), help="HOST:PORT (default 0.0.0.0:9080)")
-    run.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes (default: cores)")
-    run.add_argument("--plugin-dir", action="append", default=[], help="extra directory of plugin .py files")
-    run.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests")
-    run.add_argument("--header-timeout", type=float, default=10.0, help="seconds to receive a request head (408)")
-    run.add_argument("--keepalive-requests", type=_positive, default=1000, help="requests per connection")
-    run.add_argument("--max-connections", type=_positive, default=10_000, help="open connections per worker")
+    run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:9080)")
+    run.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
+    run.add_argument("--plugin-dir", action="append", help="extra directory of plugin .py files")
+    run.add_argument("--drain-timeout", type=float, help="seconds SIGTERM waits for requests (default 30)")
+    run.add_argument("--header-timeout", type=float, help="seconds to receive a request head, 408 (default 10)")
+    run.add_argument("--keepalive-requests", type=_positive, help="requests per connection (default 1000)")
+    run.add_argument("--max-connections", type=_positive, help="open connections per worker (default 10000)")
+    run.add_argument("--max-connections-per-ip", type=_positive, help="per client address, per worker (default 1000)")
     run.add_argument("--store", choices=["sqlite", "yaml", "etcd"], help="config store (default: sqlite; yaml with -c)")
-    run.add_argument("--data-dir", default="pygateway-data", help="SQLite store, admin keys, config cache")
-    run.add_argument("--etcd-endpoints", default="http://127.0.0.1:2379", help="comma-separated etcd URLs")
-    run.add_argument("--etcd-prefix", default="/apisix", help="key prefix in etcd (APISIX's layout)")
-    run.add_argument("--admin-listen", type=_listen, default=("127.0.0.1", 9180), help="admin API HOST:PORT")
-    run.add_argument("--no-admin", action="store_true", help="do not serve the admin API")
-    run.add_argument("--admin-key", default=os.environ.get("PYGATEWAY_ADMIN_KEY"), help="admin X-API-KEY")
-    run.add_argument("--viewer-key", default=os.environ.get("PYGATEWAY_VIEWER_KEY"), help="read-only X-API-KEY")
+    run.add_argument("--data-dir", help="SQLite store, admin keys, config cache (default ./pygateway-data)")
+    run.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (default http://127.0.0.1:2379)")
+    run.add_argument("--etcd-prefix", help="key prefix in etcd, APISIX's layout (default /apisix)")
+    run.add_argument("--admin-listen", type=_listen, help="admin API HOST:PORT (default 127.0.0.1:9180)")
+    run.add_argument("--no-admin", action="store_true", default=None, help="do not serve the admin API")
+    run.add_argument("--admin-key", help="admin X-API-KEY (or PYGATEWAY_ADMIN_KEY)")
+    run.add_argument("--viewer-key", help="read-only X-API-KEY (or PYGATEWAY_VIEWER_KEY)")
     run.add_argument("--allow-admin", action="append", help="CIDR allowed to use the admin API (repeatable)")
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
@@ -74,6 +78,74 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("action", choices=["list"])
     plugins.add_argument("--plugin-dir", action="append", default=[])
     return p
+
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "config": None,
+    "listen": ("0.0.0.0", 9080),
+    "workers": os.cpu_count() or 1,
+    "plugin_dir": [],
+    "drain_timeout": 30.0,
+    "header_timeout": 10.0,
+    "keepalive_requests": 1000,
+    "max_connections": 10_000,
+    "max_connections_per_ip": 1000,
+    "store": None,
+    "data_dir": "pygateway-data",
+    "etcd_endpoints": "http://127.0.0.1:2379",
+    "etcd_prefix": "/apisix",
+    "admin_listen": ("127.0.0.1", 9180),
+    "no_admin": False,
+    "admin_key": None,
+    "viewer_key": None,
+    "allow_admin": None,
+}
+_ENV = {"admin_key": "PYGATEWAY_ADMIN_KEY", "viewer_key": "PYGATEWAY_VIEWER_KEY"}
+
+
+def _settle_run_args(args: argparse.Namespace) -> None:
+    """Fill each unset flag from the node config file, then the environment, then the default."""
+    node: dict[str, Any] = {}
+    if args.node_config:
+        node = _load_node_config(args.node_config)
+    for name, default in RUN_DEFAULTS.items():
+        if getattr(args, name) is not None:
+            continue
+        value = node.get(name)
+        if value is None and name in _ENV:
+            value = os.environ.get(_ENV[name])
+        setattr(args, name, default if value is None else value)
+
+
+def _load_node_config(path: str) -> dict[str, Any]:
+    """A YAML mapping of `run` settings by long flag name (`admin-listen` or `admin_listen`)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"pygateway: node config {path}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SystemExit(f"pygateway: node config {path}: expected a mapping of run settings")
+    # Check each value as the command line would, so errors name the setting.
+    parser, out = _parser(), {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in RUN_DEFAULTS:
+            raise SystemExit(f"pygateway: node config {path}: unknown setting {key!r}")
+        flag = "--" + name.replace("_", "-")
+        if name == "no_admin":
+            out[name] = bool(value)
+            continue
+        values = value if isinstance(value, list) else [value]
+        argv = ["run"] + [a for v in values for a in (flag, str(v))]
+        try:
+            parsed = parser.parse_args(argv)
+        except SystemExit:
+            raise SystemExit(f"pygateway: node config {path}: invalid value for {key!r}: {value!r}") from None
+        out[name] = getattr(parsed, name)
+    return out
 
 
 def _validate(path: str, plugin_dirs: list[str]) -> int:
@@ -117,6 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     from pygateway.registry import PluginLoadError
     from pygateway.store.base import StoreError
 
+    _settle_run_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
     host, port = args.listen
     store = args.store or ("yaml" if args.config else "sqlite")
@@ -126,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = Settings(
         host, port, args.workers, args.config, list(args.plugin_dir), drain_timeout=args.drain_timeout,
         header_timeout=args.header_timeout, keepalive_requests=args.keepalive_requests,
-        max_connections=args.max_connections, store=store,
+        max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip, store=store,
         data_dir=args.data_dir, etcd_endpoints=[e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
         etcd_prefix=args.etcd_prefix, admin_listen=None if args.no_admin else args.admin_listen,
         admin_key=args.admin_key, viewer_key=args.viewer_key,
@@ -173,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pygateway {__version__}")
         return 0
     if args.cmd == "validate":
-        return _validate(args.config, args.plugin_dir)
+        return _validate(args.config, args.plugin_dir or [])
     if args.cmd == "plugins":
-        return _plugins_list(args.plugin_dir)
+        return _plugins_list(args.plugin_dir or [])
     return _run(args)
 
 

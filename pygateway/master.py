@@ -71,6 +71,7 @@ class Settings:
     header_timeout: float = 10.0
     keepalive_requests: int = 1000
     max_connections: int = 10_000
+    max_connections_per_ip: int = 1000
 
 
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
@@ -202,6 +203,7 @@ class Master:
             "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
             "--drain-timeout", str(self.s.drain_timeout), "--header-timeout", str(self.s.header_timeout),
             "--keepalive-requests", str(self.s.keepalive_requests), "--max-connections", str(self.s.max_connections),
+            "--max-connections-per-ip", str(self.s.max_connections_per_ip),
         ]  # fmt: skip
         for d in self.s.plugin_dirs:
             cmd += ["--plugin-dir", d]

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--header-timeout", type=float, default=10.0)
     p.add_argument("--keepalive-requests", type=int, default=1000)
     p.add_argument("--max-connections", type=int, default=10_000)
+    p.add_argument("--max-connections-per-ip", type=int, default=1000)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             header_timeout=args.header_timeout,
             keepalive_requests=args.keepalive_requests,
             max_connections=args.max_connections,
+            max_connections_per_ip=args.max_connections_per_ip,
         )
         # Serve nothing until the first config is in: a respawned worker must not answer 404s.
         first = Compiled.read(sys.stdin.buffer)

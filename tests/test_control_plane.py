@@ -124,3 +124,31 @@ def test_standalone_yaml_mode_admin_is_read_only(upstream, gateway):
     assert r.status_code == 200 and r.json()["value"]["uri"] == "/y"
     r = httpx.put(gw.admin_url + "/routes/y2", headers=gw.admin_headers, json={"uri": "/z", "upstream_id": "x"})
     assert r.status_code == 405 and "standalone" in r.json()["error_msg"]
+
+
+def test_node_config_file_and_flags_override_it(upstream, tmp_path):
+    up = upstream()
+    port, admin_port = free_port(), free_port()
+    node = tmp_path / "node.yaml"
+    node.write_text(
+        f"listen: 127.0.0.1:{port}\nworkers: 1\nadmin-listen: 127.0.0.1:{admin_port}\n"
+        f"data_dir: {tmp_path / 'data'}\nadmin_key: node-key\nallow_admin: [127.0.0.0/8]\n"
+    )
+    cmd = [sys.executable, "-m", "pygateway.cli", "run", "--node-config", str(node), "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        wait_port(admin_port)
+        adm = httpx.Client(base_url=f"http://127.0.0.1:{admin_port}/apisix/admin", headers={"X-API-KEY": "node-key"})
+        assert adm.put("/routes/n1", json={"uri": "/n", "upstream": {"nodes": {up.addr: 1}}}).status_code == 201
+        assert wait_status(f"http://127.0.0.1:{port}/n", 200).status_code == 200
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False)
+        assert len(workers.stdout.split()) == 2, "the --workers flag wins over the file's workers: 1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert f"listening on http://127.0.0.1:{port} with 2 workers" in out.decode()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: 127.0.0.1:1\nworkerz: 3\n")
+    r = subprocess.run([sys.executable, "-m", "pygateway.cli", "run", "--node-config", str(bad)],
+                       capture_output=True, text=True, cwd=ROOT, check=False, timeout=20)  # fmt: skip
+    assert r.returncode != 0 and r.stderr.strip() == f"pygateway: node config {bad}: unknown setting 'workerz'"

@@ -6,6 +6,7 @@ import collections
 import socket
 import subprocess
 import threading
+import time
 
 import httpx
 import orjson
@@ -302,3 +303,36 @@ def test_https_upstream_with_verify_off(gateway, tmp_path):
         assert r.status_code == 200 and r.text == "tls ok /secure"
     finally:
         srv.shutdown()
+
+
+def test_per_ip_connection_cap(upstream, gateway):
+    up = upstream()
+    gw = gateway({"routes": [route("r", "/*", up)]}, args=["--max-connections-per-ip", "3"])
+
+    def open_conn() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        return s
+
+    def answered(s: socket.socket) -> bool:
+        try:
+            return s.recv(65536).startswith(b"HTTP/1.1 200")
+        except (ConnectionResetError, TimeoutError):
+            return False
+
+    held = [open_conn() for _ in range(3)]
+    assert all(answered(s) for s in held)  # three keep-alive connections stay open
+    extra = open_conn()
+    assert not answered(extra), "a 4th connection from the same address is closed at once"
+    extra.close()
+    held.pop().close()
+    deadline = time.monotonic() + 5
+    while True:  # the worker notices the close, then admits a new connection
+        s = open_conn()
+        ok = answered(s)
+        s.close()
+        if ok:
+            break
+        assert time.monotonic() < deadline
+    for s in held:
+        s.close()

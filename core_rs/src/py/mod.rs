@@ -62,13 +62,14 @@ pub struct Worker {
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0))]
+    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000))]
     fn new(
         shm_path: Option<&str>,
         max_connections: usize,
         header_timeout: f64,
         keepalive_requests: u64,
         drain_timeout: f64,
+        max_connections_per_ip: usize,
     ) -> PyResult<Worker> {
         let shm = match shm_path {
             Some(p) => ShmTable::open(std::path::Path::new(p)),
@@ -81,6 +82,7 @@ impl Worker {
             shm: Arc::new(shm),
             limits: Limits {
                 max_connections,
+                max_connections_per_ip,
                 header_timeout: Duration::from_secs_f64(header_timeout),
                 keepalive_requests,
                 drain_timeout: Duration::from_secs_f64(drain_timeout),

@@ -9,10 +9,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ pub struct Limits {
     pub keepalive_idle: Duration,
     pub keepalive_requests: u64,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     pub drain_timeout: Duration,
 }
 
@@ -42,6 +44,7 @@ impl Default for Limits {
             keepalive_idle: Duration::from_secs(60),
             keepalive_requests: 1000,
             max_connections: 10_000,
+            max_connections_per_ip: 1000,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -114,6 +117,8 @@ pub async fn serve(
     };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Rc::new(Cell::new(0usize));
+    // Open connections per client address (this worker's share; each worker enforces the cap).
+    let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
     let drain = loop {
         tokio::select! {
@@ -128,12 +133,15 @@ pub async fn serve(
                         continue;
                     }
                 };
-                if open.get() >= limits.max_connections {
-                    drop(stream); // over the cap: close fast so admitted latency stays bounded
+                let ip = peer.ip();
+                let from_ip = per_ip.borrow().get(&ip).copied().unwrap_or(0);
+                if open.get() >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+                    drop(stream); // over a cap: close fast so admitted latency stays bounded
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 open.set(open.get() + 1);
+                *per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
                 let shared = shared.clone();
                 let served = Rc::new(Cell::new(0u64));
                 let max_req = limits.keepalive_requests;
@@ -153,9 +161,17 @@ pub async fn serve(
                 let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
                 let conn = graceful.watch(conn);
                 let open = open.clone();
+                let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
                     open.set(open.get() - 1);
+                    let mut m = per_ip.borrow_mut();
+                    if let Some(n) = m.get_mut(&ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            m.remove(&ip);
+                        }
+                    }
                 });
             }
         }
