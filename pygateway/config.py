@@ -215,13 +215,20 @@ class GlobalRule(_Strict):
     plugins: dict[str, PluginConf] = {}
 
 
-class PluginConfig(_Strict):
+class _PluginBundle(_Strict):
+    """The shape shared by objects that are a described, labelled bundle of plugins."""
+
     id: Id | None = None
+    name: Name | None = None
     desc: Desc | None = None
     labels: Labels | None = None
     create_time: int | None = None
     update_time: int | None = None
     plugins: dict[str, PluginConf] = {}
+
+
+class PluginConfig(_PluginBundle):
+    pass
 
 
 class Config(msgspec.Struct):
@@ -716,26 +723,12 @@ def _type_name(value: Any) -> str:
 # The admin API validates one object at a time (`validate_object`), with the same models and messages as
 # `validate`, plus the collections the standalone config does not support yet (consumer groups, SSLs,
 # credentials, plugin metadata): they can be stored and served, the data plane ignores them for now.
-class ConsumerGroup(_Strict):
-    id: Id | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
-    plugins: dict[str, PluginConf] = {}
+class ConsumerGroup(_PluginBundle):
+    pass
 
 
-class Credential(_Strict):
+class Credential(_PluginBundle):
     """`/consumers/{username}/credentials/{id}`: auth plugin confs (validated as consumer confs)."""
-
-    id: Id | None = None
-    name: Name | None = None
-    desc: Desc | None = None
-    labels: Labels | None = None
-    create_time: int | None = None
-    update_time: int | None = None
-    plugins: dict[str, PluginConf] = {}
 
 
 Pem = Annotated[str, msgspec.Meta(min_length=128, max_length=64 * 1024)]  # APISIX's certificate bounds

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
-from etcd_server import Etcd
+from etcd_server import Etcd, wait_for
 
 from pygateway.store import (
     Change,
@@ -35,17 +35,6 @@ from pygateway.store import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 class Recorder:
