@@ -5,13 +5,14 @@ only instantiate the Python plugin chains and hand the snapshot bytes to the Rus
 costs each worker a JSON parse and a route-table build in Rust, not a Python re-validation.
 
 Wire format on a worker's stdin: one JSON header line
-`{"version": N, "plugins": {route_id: [[name, conf], ...]}, "global": [[name, conf], ...], "snapshot": LEN}`
+`{"version": N, "plugins": {route_id: [[name, conf], ...]}, "global": [[name, conf], ...],
+  "consumers": {plugin: {username: conf}}, "snapshot": LEN}`
 followed by LEN bytes of snapshot JSON (the shape `core_rs/src/config.rs` reads).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import msgspec
@@ -30,6 +31,8 @@ class Compiled:
     snapshot: bytes
     plugins: dict[str, PluginSpecs]  # route id -> its Python plugins, highest priority first
     global_plugins: PluginSpecs
+    # plugin name -> {username: that consumer's conf for the plugin}, for plugins with a ConsumerConfig
+    consumers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any], version: int, registry: Registry) -> Compiled:
@@ -40,15 +43,30 @@ class Compiled:
         def specs(pairs: list[tuple[Any, Any]]) -> PluginSpecs:
             return [(p.name, msgspec.to_builtins(conf)) for p, conf in pairs]
 
+        consumers: dict[str, dict[str, Any]] = {}
+        for username, consumer in cfg.consumers.items():
+            for name, entry in consumer.plugins.items():
+                if entry.cls.ConsumerConfig is not None and not entry.disabled:
+                    consumers.setdefault(name, {})[username] = msgspec.to_builtins(entry.conf)
         return cls(
             version,
             orjson.dumps(snapshot),
             {rid: specs(pairs) for rid, pairs in route_plugins.items() if pairs},
             specs(global_plugins),
+            consumers,
         )
 
     def chains(self, registry: Registry) -> dict[str, Chain]:
         """Instantiate each route's chain: the global rules' plugins first, then the route's own."""
+
+        known: dict[str, dict[str, Any]] = {}
+
+        def consumers_of(plugin: Any) -> dict[str, Any]:
+            # One validated {username: conf} per plugin and config, shared by its instances.
+            if plugin.name not in known:
+                raw = self.consumers.get(plugin.name, {})
+                known[plugin.name] = {u: plugin.parse_consumer_config(c) for u, c in raw.items()}
+            return known[plugin.name]
 
         def make(specs: PluginSpecs) -> list[Any]:
             out = []
@@ -56,7 +74,10 @@ class Compiled:
                 plugin = registry.get(name)
                 if plugin is None:
                     raise ValueError(f"plugin {name!r} is not installed in this worker")
-                out.append(plugin(plugin.parse_config(conf)))
+                instance = plugin(plugin.parse_config(conf))
+                if plugin.ConsumerConfig is not None:
+                    instance.consumers = consumers_of(plugin)
+                out.append(instance)
             return out
 
         route_ids = set(self.plugins)
@@ -69,6 +90,7 @@ class Compiled:
             "version": self.version,
             "plugins": self.plugins,
             "global": self.global_plugins,
+            "consumers": self.consumers,
             "snapshot": len(self.snapshot),
         }
         return orjson.dumps(header) + b"\n" + self.snapshot
@@ -85,4 +107,4 @@ class Compiled:
         snapshot = stream.read(int(head["snapshot"]))
         plugins = {rid: [tuple(p) for p in specs] for rid, specs in head["plugins"].items()}
         global_plugins = [tuple(p) for p in head["global"]]
-        return cls(int(head["version"]), snapshot, plugins, global_plugins)  # type: ignore[arg-type]
+        return cls(int(head["version"]), snapshot, plugins, global_plugins, head["consumers"])  # type: ignore[arg-type]

@@ -80,9 +80,23 @@ class Plugin:
     # Set to read the whole request body (at most 1 MiB, else 413) into `req.body` before `rewrite`.
     # Routes without such a plugin stream bodies straight through.
     needs_body: ClassVar[bool] = False
+    # Auth plugins: the config each consumer carries for this plugin (APISIX's consumer `plugins`, e.g.
+    # `key-auth: {key: ...}`), validated with this struct. The host sets `self.consumers` to
+    # {username: ConsumerConfig} for every consumer that has one, before any request is served.
+    ConsumerConfig: ClassVar[type[msgspec.Struct] | None] = None
 
     def __init__(self, conf: Any) -> None:
         self.conf = conf
+        self.consumers: dict[str, Any] = {}
+        self._indexes: dict[str, dict[Any, str]] = {}
+
+    def consumer_index(self, field: str) -> dict[Any, str]:
+        """{consumer's `field` value: username}, built once per config (e.g. API key -> consumer)."""
+        index = self._indexes.get(field)
+        if index is None:
+            index = {getattr(c, field): name for name, c in self.consumers.items()}
+            self._indexes[field] = index
+        return index
 
     # Hooks are looked up by name; the base class defines none so the host can skip absent phases.
     if TYPE_CHECKING:
@@ -99,6 +113,12 @@ class Plugin:
     @classmethod
     def phases(cls) -> list[str]:
         return [p for p in PHASES if callable(getattr(cls, p, None))]
+
+    @classmethod
+    def parse_consumer_config(cls, raw: Any) -> Any:
+        """Validate one consumer's conf for this plugin (raises msgspec.ValidationError)."""
+        assert cls.ConsumerConfig is not None
+        return msgspec.convert(raw if raw is not None else {}, cls.ConsumerConfig, strict=False)
 
     @classmethod
     def parse_config(cls, raw: Any) -> Any:

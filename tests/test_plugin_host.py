@@ -100,6 +100,21 @@ PLUGINS = textwrap.dedent('''
                 return Response.error(400, "body has a forbidden word")
             req.body = req.body.replace(b"cat", b"dog")
 
+    class TokenAuth(Plugin):
+        """An auth plugin: consumers carry their token; the route's conf names the header."""
+        name = "token-auth"
+        priority = 2600
+        class Config(msgspec.Struct):
+            header: str = "x-token"
+        class ConsumerConfig(msgspec.Struct):
+            token: str
+        def rewrite(self, req, ctx):
+            user = self.consumer_index("token").get(req.headers.get(self.conf.header) or "")
+            if user is None:
+                return Response.error(401, "invalid token")
+            req.consumer = user
+            req.headers["x-consumer-username"] = user
+
     class Steer(Plugin):
         name = "steer"
         class Config(msgspec.Struct):
@@ -268,3 +283,25 @@ def test_entry_point_plugins_are_found(tmp_path):
     assert "77" in line and "access" in line and "entry point acme_plugins:AcmeTag" in line
     assert any(ln.startswith("limit-req") and "native" in ln for ln in out.stdout.splitlines())
     assert any(ln.startswith("proxy-rewrite") and "built-in" in ln for ln in out.stdout.splitlines())
+
+
+def test_consumers_reach_auth_plugins_and_limiters(upstream, gateway, plugin_dir):
+    up = upstream()
+    cfg = {
+        "consumers": [
+            {"username": "jack", "plugins": {"token-auth": {"token": "t-jack"}}},
+            {"username": "rose", "plugins": {"token-auth": {"token": "t-rose"}}},
+        ],
+        "routes": [route("a", "/*", up, plugins={
+            "token-auth": {}, "limit-count": {"count": 2, "time_window": 60, "key": "consumer_name"}})],
+    }  # fmt: skip
+    gw = gateway(cfg, args=["--plugin-dir", str(plugin_dir[0])])
+    assert httpx.get(gw.url + "/").status_code == 401
+    jack = [httpx.get(gw.url + "/", headers={"x-token": "t-jack"}) for _ in range(3)]
+    assert [r.status_code for r in jack] == [200, 200, 503]  # jack's own quota
+    assert dict(orjson.loads(jack[0].content)["headers"])["x-consumer-username"] == "jack"
+    assert httpx.get(gw.url + "/", headers={"x-token": "t-rose"}).status_code == 200  # rose's quota is separate
+    # A consumer's conf is validated with the plugin's ConsumerConfig.
+    bad = dict(cfg, consumers=[{"username": "bob", "plugins": {"token-auth": {"tokn": "x"}}}])
+    gw.update(bad, expect_ok=False)
+    assert "consumers[bob].plugins.token-auth" in gw.log()
