@@ -6,7 +6,7 @@ costs each worker a JSON parse and a route-table build in Rust, not a Python re-
 
 Wire format on a worker's stdin: one JSON header line
 `{"version": N, "plugins": {route_id: [[name, conf], ...]}, "global": [[name, conf], ...],
-  "consumers": {plugin: {username: conf}}, "snapshot": LEN}`
+  "consumers": {plugin: [[username, conf], ...]}, "snapshot": LEN}`
 followed by LEN bytes of snapshot JSON (the shape `core_rs/src/config.rs` reads).
 """
 
@@ -31,23 +31,34 @@ class Compiled:
     snapshot: bytes
     plugins: dict[str, PluginSpecs]  # route id -> its Python plugins, highest priority first
     global_plugins: PluginSpecs
-    # plugin name -> {username: that consumer's conf for the plugin}, for plugins with a ConsumerConfig
-    consumers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # plugin name -> [[username, conf], ...] from consumers and their credentials, for plugins with a
+    # ConsumerConfig (a consumer may hold several credentials for one plugin)
+    consumers: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_raw(cls, raw: dict[str, Any], version: int, registry: Registry) -> Compiled:
         """Validate and flatten; raises config.ConfigError listing every problem."""
-        cfg = validate(raw, registry.get)
+        # Credentials (`/consumers/{u}/credentials/{id}`, from a store) were validated by the admin API;
+        # their confs are checked again when the chains are made (parse_consumer_config).
+        credentials = raw.get("credentials") or []
+        cfg = validate({k: v for k, v in raw.items() if k != "credentials"}, registry.get)
         snapshot, route_plugins, global_plugins = compile_snapshot(cfg, version)
 
         def specs(pairs: list[tuple[Any, Any]]) -> PluginSpecs:
             return [(p.name, msgspec.to_builtins(conf)) for p, conf in pairs]
 
-        consumers: dict[str, dict[str, Any]] = {}
+        consumers: dict[str, list[Any]] = {}
         for username, consumer in cfg.consumers.items():
             for name, entry in consumer.plugins.items():
                 if entry.cls.ConsumerConfig is not None and not entry.disabled:
-                    consumers.setdefault(name, {})[username] = msgspec.to_builtins(entry.conf)
+                    consumers.setdefault(name, []).append([username, msgspec.to_builtins(entry.conf)])
+        for cred in credentials:
+            if cred["username"] not in cfg.consumers:
+                continue  # its consumer is gone (or invalid): the credential authenticates no one
+            for name, conf in (cred.get("plugins") or {}).items():
+                plugin = registry.get(name)
+                if plugin is not None and plugin.ConsumerConfig is not None:
+                    consumers.setdefault(name, []).append([cred["username"], conf])
         return cls(
             version,
             orjson.dumps(snapshot),
@@ -59,13 +70,13 @@ class Compiled:
     def chains(self, registry: Registry) -> dict[str, Chain]:
         """Instantiate each route's chain: the global rules' plugins first, then the route's own."""
 
-        known: dict[str, dict[str, Any]] = {}
+        known: dict[str, list[tuple[str, Any]]] = {}
 
-        def consumers_of(plugin: Any) -> dict[str, Any]:
-            # One validated {username: conf} per plugin and config, shared by its instances.
+        def credentials_of(plugin: Any) -> list[tuple[str, Any]]:
+            # Validated (username, conf) pairs per plugin and config, shared by its instances.
             if plugin.name not in known:
-                raw = self.consumers.get(plugin.name, {})
-                known[plugin.name] = {u: plugin.parse_consumer_config(c) for u, c in raw.items()}
+                pairs = self.consumers.get(plugin.name, [])
+                known[plugin.name] = [(u, plugin.parse_consumer_config(c)) for u, c in pairs]
             return known[plugin.name]
 
         def make(specs: PluginSpecs) -> list[Any]:
@@ -76,7 +87,10 @@ class Compiled:
                     raise ValueError(f"plugin {name!r} is not installed in this worker")
                 instance = plugin(plugin.parse_config(conf))
                 if plugin.ConsumerConfig is not None:
-                    instance.consumers = consumers_of(plugin)
+                    instance.credentials = credentials_of(plugin)
+                    instance.consumers = {}
+                    for username, conf in instance.credentials:
+                        instance.consumers.setdefault(username, conf)
                 out.append(instance)
             return out
 

@@ -24,8 +24,8 @@ from pygateway.store.base import Change, Store, StoreUnavailable
 
 log = logging.getLogger("pygateway.control")
 
-# Collections the data plane consumes; the rest (ssls, consumer_groups, credentials, plugin_metadata)
-# are stored and served by the admin API but not used by the proxy yet.
+# Collections the data plane consumes (plus consumers' credentials); the rest (ssls, consumer_groups,
+# plugin_metadata) are stored and served by the admin API but not used by the proxy yet.
 DATA_PLANE_COLLECTIONS = ("routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs")
 
 
@@ -67,6 +67,11 @@ def raw_from_items(items: dict[str, dict[str, Any]]) -> dict[str, Any]:
     raw: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(items):
         collection, _, rest = key.partition("/")
+        username, _, cred_id = rest.partition("/credentials/")
+        if collection == "consumers" and cred_id and "/" not in cred_id:
+            plugins = items[key].get("plugins") or {}
+            raw.setdefault("credentials", []).append({"username": username, "id": cred_id, "plugins": plugins})
+            continue
         if collection not in DATA_PLANE_COLLECTIONS or not rest or "/" in rest:
             continue
         value = dict(items[key])

@@ -80,23 +80,34 @@ class Plugin:
     # Set to read the whole request body (at most 1 MiB, else 413) into `req.body` before `rewrite`.
     # Routes without such a plugin stream bodies straight through.
     needs_body: ClassVar[bool] = False
-    # Auth plugins: the config each consumer carries for this plugin (APISIX's consumer `plugins`, e.g.
-    # `key-auth: {key: ...}`), validated with this struct. The host sets `self.consumers` to
-    # {username: ConsumerConfig} for every consumer that has one, before any request is served.
+    # Auth plugins: the config a consumer carries for this plugin (APISIX's consumer `plugins`, e.g.
+    # `key-auth: {key: ...}`, and its `/consumers/{u}/credentials`), validated with this struct. Before
+    # any request is served the host sets `self.credentials` to every (username, ConsumerConfig) pair
+    # and `self.consumers` to {username: its first ConsumerConfig}.
     ConsumerConfig: ClassVar[type[msgspec.Struct] | None] = None
 
     def __init__(self, conf: Any) -> None:
         self.conf = conf
         self.consumers: dict[str, Any] = {}
-        self._indexes: dict[str, dict[Any, str]] = {}
+        self.credentials: list[tuple[str, Any]] = []
+        self._indexes: dict[str, dict[Any, tuple[str, Any]]] = {}
 
-    def consumer_index(self, field: str) -> dict[Any, str]:
-        """{consumer's `field` value: username}, built once per config (e.g. API key -> consumer)."""
+    def credential_index(self, field: str) -> dict[Any, tuple[str, Any]]:
+        """{credential's `field` value: (username, credential)}, built once per config."""
         index = self._indexes.get(field)
         if index is None:
-            index = {getattr(c, field): name for name, c in self.consumers.items()}
+            index = {getattr(c, field): (name, c) for name, c in self.credentials}
             self._indexes[field] = index
         return index
+
+    def consumer_index(self, field: str) -> dict[Any, str]:
+        """{credential's `field` value: username} (e.g. API key -> consumer), built once per config."""
+        key = "\0" + field
+        index = self._indexes.get(key)
+        if index is None:
+            index = {value: name for value, (name, _c) in self.credential_index(field).items()}
+            self._indexes[key] = index  # type: ignore[assignment]
+        return index  # type: ignore[return-value]
 
     # Hooks are looked up by name; the base class defines none so the host can skip absent phases.
     if TYPE_CHECKING:

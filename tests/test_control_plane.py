@@ -152,3 +152,23 @@ def test_node_config_file_and_flags_override_it(upstream, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pygateway.cli", "run", "--node-config", str(bad)],
                        capture_output=True, text=True, cwd=ROOT, check=False, timeout=20)  # fmt: skip
     assert r.returncode != 0 and r.stderr.strip() == f"pygateway: node config {bad}: unknown setting 'workerz'"
+
+
+def test_consumer_credentials_authenticate(upstream, gateway):
+    """APISIX 3 credentials: several keys per consumer, added and removed through the admin API."""
+    up = upstream()
+    gw = gateway(None)
+    adm = httpx.Client(base_url=gw.admin_url, headers=gw.admin_headers)
+    assert adm.put("/consumers", json={"username": "jack"}).status_code == 201
+    for cid, key in (("c1", "key-one"), ("c2", "key-two")):
+        r = adm.put(f"/consumers/jack/credentials/{cid}", json={"plugins": {"key-auth": {"key": key}}})
+        assert r.status_code == 201, r.text
+    route_body = {"uri": "/secure", "plugins": {"key-auth": {}}, "upstream": {"nodes": {up.addr: 1}}}
+    assert adm.put("/routes/s1", json=route_body).status_code == 201
+    assert wait_status(gw.url + "/secure", 401).status_code == 401
+    for key in ("key-one", "key-two"):
+        r = wait_status(gw.url + "/secure", 200, headers={"apikey": key})
+        assert dict(r.json()["headers"])["x-consumer-username"] == "jack"
+    assert adm.delete("/consumers/jack/credentials/c1").status_code == 200
+    assert wait_status(gw.url + "/secure", 401, headers={"apikey": "key-one"}).status_code == 401
+    assert httpx.get(gw.url + "/secure", headers={"apikey": "key-two"}).status_code == 200

@@ -65,8 +65,8 @@ class BasicAuth(Plugin):
         if creds is None:
             return None, "Invalid authorization in request"
         user, password = creds
-        name = self.consumer_index("username").get(user)
-        expected = self.consumers[name].password if name is not None else ""
+        name, cred = self.credential_index("username").get(user, (None, None))
+        expected = cred.password if cred is not None else ""
         # Compare even for unknown users so timing does not reveal which usernames exist.
         ok = hmac.compare_digest(password.encode(), expected.encode())
         return (name, "") if ok and name is not None else (None, "Invalid user authorization")
