@@ -91,6 +91,7 @@ class Plugin:
         self.consumers: dict[str, Any] = {}
         self.credentials: list[tuple[str, Any]] = []
         self._indexes: dict[str, dict[Any, tuple[str, Any]]] = {}
+        self._name_indexes: dict[str, dict[Any, str]] = {}
 
     def credential_index(self, field: str) -> dict[Any, tuple[str, Any]]:
         """{credential's `field` value: (username, credential)}, built once per config."""
@@ -102,12 +103,11 @@ class Plugin:
 
     def consumer_index(self, field: str) -> dict[Any, str]:
         """{credential's `field` value: username} (e.g. API key -> consumer), built once per config."""
-        key = "\0" + field
-        index = self._indexes.get(key)
+        index = self._name_indexes.get(field)
         if index is None:
             index = {value: name for value, (name, _c) in self.credential_index(field).items()}
-            self._indexes[key] = index  # type: ignore[assignment]
-        return index  # type: ignore[return-value]
+            self._name_indexes[field] = index
+        return index
 
     # Hooks are looked up by name; the base class defines none so the host can skip absent phases.
     if TYPE_CHECKING:

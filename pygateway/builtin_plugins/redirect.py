@@ -59,7 +59,9 @@ class Redirect(Plugin):
         given = [k for k in ("uri", "regex_uri", "http_to_https") if getattr(conf, k) is not None]
         if len(given) != 1:
             found = f"got {' and '.join(given)}" if given else "got none"
-            raise msgspec.ValidationError(f"exactly one of uri, regex_uri, http_to_https is required, {found}")
+            raise msgspec.ValidationError(
+                f"exactly one of uri, regex_uri, http_to_https is required, {found}"
+            )
         if conf.http_to_https and conf.append_query_string:
             raise msgspec.ValidationError(
                 "only one of `http_to_https` and `append_query_string` can be configured."

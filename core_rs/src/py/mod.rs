@@ -1,5 +1,6 @@
 //! The only PyO3 code: the `Worker` a worker process runs, the plugin views, and small handles
 //! onto the router and limiter for validation and micro benchmarks.
+pub mod cidr;
 pub mod host;
 pub mod views;
 
@@ -294,6 +295,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Worker>()?;
     m.add_class::<RouteMatcher>()?;
     m.add_class::<Limiter>()?;
+    m.add_class::<cidr::CidrSet>()?;
     m.add_class::<views::PyRequest>()?;
     m.add_class::<views::PyHeaders>()?;
     m.add_class::<views::PyResponseView>()?;
