@@ -249,7 +249,7 @@ pub async fn handle(
             }
             body = ReqBody::Buffered;
         }
-        let p = chain.begin(ReqInfo {
+        let info = ReqInfo {
             body: buffered,
             method: out.method.clone(),
             path: std::mem::take(&mut out.path),
@@ -260,21 +260,29 @@ pub async fn handle(
             host: host.clone(),
             scheme: "http",
             route_id: route.id.clone(),
-        });
-        for phase in [host::REWRITE, host::ACCESS] {
-            if chain.has(phase) {
-                if let Flow::Respond(r) = chain.request_phase(submit, &p, phase).await {
-                    return finish_short(chain, p, r);
+        };
+        const FIRST: [u8; 2] = [host::REWRITE, host::ACCESS];
+        if chain.all_sync(&FIRST) {
+            // The common case: one trip into Python for the view, both phases and the outcome.
+            match chain.begin_and_run(info, &FIRST) {
+                (p, Err(r)) => return finish_short(chain, p, r),
+                (p, Ok(outcome)) => {
+                    apply_outcome(&mut out, outcome);
+                    preq = Some(p);
                 }
             }
+        } else {
+            let p = chain.begin(info);
+            for phase in FIRST {
+                if chain.has(phase) {
+                    if let Flow::Respond(r) = chain.request_phase(submit, &p, phase).await {
+                        return finish_short(chain, p, r);
+                    }
+                }
+            }
+            sync_outgoing(&mut out, chain, &p, host::ACCESS);
+            preq = Some(p);
         }
-        preq = Some(p);
-        sync_outgoing(
-            &mut out,
-            chain,
-            preq.as_ref().expect("set above"),
-            host::ACCESS,
-        );
     }
 
     // Native limiters (shared-memory state, exact across workers).
@@ -389,9 +397,12 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Copy what the request phases changed back into the outgoing request.
 fn sync_outgoing(out: &mut Outgoing, chain: &PyChain, p: &PyReq, phase: u8) {
-    let o = chain.outcome(p, phase);
+    apply_outcome(out, chain.outcome(p, phase));
+}
+
+fn apply_outcome(out: &mut Outgoing, o: host::ReqOutcome) {
     if o.state.body.is_some() {
-        out.body = o.state.body.clone();
+        out.body = o.state.body;
     }
     out.method = o.state.method;
     out.path = o.state.path;

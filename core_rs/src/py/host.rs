@@ -10,6 +10,7 @@ use crate::py::views::{
 };
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use std::net::IpAddr;
@@ -63,11 +64,35 @@ pub enum Flow {
     Respond(ShortResponse),
 }
 
+/// A Python object owned by a `PyReq`: released together with its siblings, in one attach.
+pub struct Held<T>(Option<Py<T>>);
+
+impl<T> Held<T> {
+    fn new(o: Py<T>) -> Self {
+        Held(Some(o))
+    }
+    pub fn get(&self) -> &Py<T> {
+        self.0.as_ref().expect("present until the PyReq is dropped")
+    }
+}
+
 /// A request's Python side: the view object and the per-request `ctx` dict.
 pub struct PyReq {
-    req: PyObj<PyRequest>,
-    ctx: PyObj<PyDict>,
-    resp: Option<PyObj<PyResponseView>>,
+    req: Held<PyRequest>,
+    ctx: Held<PyDict>,
+    resp: Option<Held<PyResponseView>>,
+}
+
+impl Drop for PyReq {
+    fn drop(&mut self) {
+        let objs = (
+            self.req.0.take(),
+            self.ctx.0.take(),
+            self.resp.as_mut().and_then(|r| r.0.take()),
+        );
+        // One attach for all of them (we build with `pyo3_disable_reference_pool`).
+        Python::attach(move |_| drop(objs));
+    }
 }
 
 /// What plugins changed, applied by the proxy after the request phases.
@@ -125,47 +150,78 @@ impl PyChain {
         self.phases & (1 << phase) != 0
     }
 
+    fn begin_in(py: Python<'_>, info: ReqInfo) -> PyReq {
+        let headers = Py::new(py, PyHeaders::new(info.headers)).expect("alloc Headers");
+        let req = PyRequest {
+            state: Mutex::new(ReqState {
+                method: info.method,
+                path: info.path,
+                query: info.query,
+                consumer: None,
+                upstream: None,
+                body: info.body,
+            }),
+            headers,
+            client_ip: info.client_ip,
+            client_port: info.client_port,
+            host: info.host,
+            scheme: info.scheme,
+            route_id: info.route_id,
+        };
+        PyReq {
+            req: Held::new(Py::new(py, req).expect("alloc Request")),
+            ctx: Held::new(PyDict::new(py).unbind()),
+            resp: None,
+        }
+    }
+
     pub fn begin(&self, info: ReqInfo) -> PyReq {
+        Python::attach(|py| Self::begin_in(py, info))
+    }
+
+    /// Whether every hook of `phases` is a plain function (no asyncio hand-off needed).
+    pub fn all_sync(&self, phases: &[u8]) -> bool {
+        phases.iter().all(|p| self.async_phases & (1 << p) == 0)
+    }
+
+    /// The common case in one attach: make the request view, run the (sync) `phases` that have
+    /// hooks, and read back the outcome after `phases`' last — or the response a plugin returned.
+    pub fn begin_and_run(
+        &self,
+        info: ReqInfo,
+        phases: &[u8],
+    ) -> (PyReq, Result<ReqOutcome, ShortResponse>) {
         Python::attach(|py| {
-            let headers = Py::new(py, PyHeaders::new(info.headers)).expect("alloc Headers");
-            let req = PyRequest {
-                state: Mutex::new(ReqState {
-                    method: info.method,
-                    path: info.path,
-                    query: info.query,
-                    consumer: None,
-                    upstream: None,
-                    body: info.body,
-                }),
-                headers,
-                client_ip: info.client_ip,
-                client_port: info.client_port,
-                host: info.host,
-                scheme: info.scheme,
-                route_id: info.route_id,
-            };
-            PyReq {
-                req: PyObj::new(Py::new(py, req).expect("alloc Request")),
-                ctx: PyObj::new(PyDict::new(py).unbind()),
-                resp: None,
+            let preq = Self::begin_in(py, info);
+            for &phase in phases {
+                if self.has(phase) {
+                    if let Flow::Respond(r) = self.run_in(py, &preq, phase) {
+                        return (preq, Err(r));
+                    }
+                }
             }
+            let last = *phases.last().expect("at least one phase");
+            let outcome = self.outcome_in(py, &preq, last);
+            (preq, Ok(outcome))
         })
+    }
+
+    fn run_in(&self, py: Python<'_>, preq: &PyReq, phase: u8) -> Flow {
+        let r = self.obj.get().bind(py).call_method1(
+            intern!(py, "run"),
+            (
+                phase,
+                preq.req.get().clone_ref(py),
+                preq.ctx.get().clone_ref(py),
+            ),
+        );
+        Self::flow(py, r)
     }
 
     /// Run one request phase (`rewrite`, `access`, `before_proxy`).
     pub async fn request_phase(&self, submit: &PyObj<PyAny>, preq: &PyReq, phase: u8) -> Flow {
         if self.async_phases & (1 << phase) == 0 {
-            return Python::attach(|py| {
-                let r = self.obj.get().bind(py).call_method1(
-                    "run",
-                    (
-                        phase,
-                        preq.req.get().clone_ref(py),
-                        preq.ctx.get().clone_ref(py),
-                    ),
-                );
-                Self::flow(py, r)
-            });
+            return Python::attach(|py| self.run_in(py, preq, phase));
         }
         let (tx, rx) = oneshot::channel::<PyObj<PyAny>>();
         let submitted = Python::attach(|py| -> PyResult<()> {
@@ -220,8 +276,12 @@ impl PyChain {
     /// `phase`. When a later phase may still read the request, the view keeps a copy; otherwise
     /// the data is moved out (no copy on the common path).
     pub fn outcome(&self, preq: &PyReq, phase: u8) -> ReqOutcome {
+        Python::attach(|py| self.outcome_in(py, preq, phase))
+    }
+
+    fn outcome_in(&self, py: Python<'_>, preq: &PyReq, phase: u8) -> ReqOutcome {
         let keep = self.phases >> (phase + 1) != 0;
-        Python::attach(|py| {
+        {
             let r = preq.req.get().get();
             let headers = if keep {
                 r.headers.bind(py).get().snapshot()
@@ -249,7 +309,7 @@ impl PyChain {
                 }
             };
             ReqOutcome { state, headers }
-        })
+        }
     }
 
     /// `header_filter`: plugins may change status and headers. Returns a 500 response if they raise.
@@ -294,7 +354,7 @@ impl PyChain {
             } else {
                 v.headers.get().take()
             };
-            preq.resp = Some(PyObj::new(view));
+            preq.resp = Some(Held::new(view));
             failed
         })
     }
