@@ -33,6 +33,19 @@ def check_header_name(name: str, path: str) -> str:
     return name
 
 
+def header_pairs(obj: Any, path: str) -> list[tuple[str, str]]:
+    """`{header: value}` from a plugin config as (lowercased name, value) pairs, checked."""
+    if not isinstance(obj, dict) or not obj:
+        raise invalid(path, "expected a non-empty object of header: value")
+    out = []
+    for k, v in obj.items():
+        check_header_name(str(k), f"{path}.{k}")
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise invalid(f"{path}.{k}", "expected a string or number")
+        out.append((str(k).lower(), scalar(v)))
+    return out
+
+
 def scalar(value: Any) -> str:
     """A header value from config (string or number) as text; 1.0 -> "1" like Lua's tostring."""
     if isinstance(value, bool):

@@ -17,7 +17,15 @@ import msgspec
 
 from pygateway import Plugin
 
-from ._common import check_header_name, compile_regex, compile_template, has_vars, invalid, resolve, scalar
+from ._common import (
+    check_header_name,
+    compile_regex,
+    compile_template,
+    has_vars,
+    header_pairs,
+    invalid,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,29 +49,18 @@ _ACTIONS = ("add", "set", "remove")
 def _header_ops(raw: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
     """(add, set, remove) from either header form; "" in add/set means remove."""
 
-    def pairs(obj: Any, path: str) -> list[tuple[str, str]]:
-        if not isinstance(obj, dict) or not obj:
-            raise invalid(path, "expected a non-empty object of header: value")
-        out = []
-        for k, v in obj.items():
-            check_header_name(str(k), f"{path}.{k}")
-            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise invalid(f"{path}.{k}", "expected a string or number")
-            out.append((str(k).lower(), scalar(v)))
-        return out
-
     if not raw:
         raise invalid("headers", "expected a non-empty object")
     if set(raw) <= set(_ACTIONS) and any(isinstance(v, (dict, list)) for v in raw.values()):
-        add = pairs(raw["add"], "headers.add") if "add" in raw else []
-        set_ = pairs(raw["set"], "headers.set") if "set" in raw else []
+        add = header_pairs(raw["add"], "headers.add") if "add" in raw else []
+        set_ = header_pairs(raw["set"], "headers.set") if "set" in raw else []
         remove = raw.get("remove", [])
         if not isinstance(remove, list) or not all(isinstance(h, str) for h in remove):
             raise invalid("headers.remove", "expected an array of header names")
         for i, h in enumerate(remove):
             check_header_name(h, f"headers.remove[{i}]")
         return add, set_, [h.lower() for h in remove]
-    return [], pairs(raw, "headers"), []
+    return [], header_pairs(raw, "headers"), []
 
 
 class ProxyRewrite(Plugin):

@@ -26,10 +26,10 @@ from ._common import (
     compile_expr,
     compile_regex,
     compile_template,
+    header_pairs,
     invalid,
     request_var,
     resolve,
-    scalar,
 )
 
 if TYPE_CHECKING:
@@ -51,17 +51,6 @@ class Filter(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _header_ops(raw: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[str]]:
-    def pairs(obj: Any, path: str) -> list[tuple[str, str]]:
-        if not isinstance(obj, dict) or not obj:
-            raise invalid(path, "expected a non-empty object of header: value")
-        out = []
-        for k, v in obj.items():
-            check_header_name(str(k), f"{path}.{k}")
-            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise invalid(f"{path}.{k}", "expected a string or number")
-            out.append((str(k).lower(), scalar(v)))
-        return out
-
     if not raw:
         raise invalid("headers", "expected a non-empty object")
     if set(raw) <= set(_ACTIONS) and any(isinstance(v, (dict, list)) for v in raw.values()):
@@ -74,14 +63,14 @@ def _header_ops(raw: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[
                 if not sep or not v.strip():
                     raise invalid(f"headers.add[{i}]", f'expected "name: value", got {item!r}')
                 add.append((check_header_name(k.strip(), f"headers.add[{i}]").lower(), v.strip()))
-        set_ = pairs(raw["set"], "headers.set") if "set" in raw else []
+        set_ = header_pairs(raw["set"], "headers.set") if "set" in raw else []
         remove = raw.get("remove", [])
         if not isinstance(remove, list) or not all(isinstance(h, str) for h in remove):
             raise invalid("headers.remove", "expected an array of header names")
         for i, h in enumerate(remove):
             check_header_name(h, f"headers.remove[{i}]")
         return add, set_, [h.lower() for h in remove]
-    return [], pairs(raw, "headers"), []
+    return [], header_pairs(raw, "headers"), []
 
 
 def _compile_filter(f: Filter, i: int) -> tuple[re.Pattern[str], Callable[[re.Match[str]], str], int]:
