@@ -35,6 +35,17 @@ from pygateway.store.base import Store, StoreError
 log = logging.getLogger("pygateway.master")
 
 START_TIMEOUT = 20.0
+
+# Workers import pygateway from where the master did. (`python -m pygateway.worker` would put the
+# current directory first on sys.path: run from a source checkout after `pip install .`, it would pick
+# up the checkout's pygateway, which has no compiled extension.)
+_PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+WORKER_BOOT = [
+    sys.executable,
+    "-c",
+    f"import sys; sys.path[0] = {_PKG_ROOT!r}; import pygateway.worker as w; sys.exit(w.main(sys.argv[2:]))",
+    "pygateway.worker",  # names the process in `ps`; main() parses the flags after it
+]
 POLL_INTERVAL = 0.5
 
 
@@ -199,7 +210,7 @@ class Master:
     # ------------------------------------------------------------------ workers
     def _spawn(self, wid: int) -> WorkerProc:
         cmd = [
-            sys.executable, "-m", "pygateway.worker",
+            *WORKER_BOOT,
             "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
             "--drain-timeout", str(self.s.drain_timeout), "--header-timeout", str(self.s.header_timeout),
             "--keepalive-requests", str(self.s.keepalive_requests), "--max-connections", str(self.s.max_connections),

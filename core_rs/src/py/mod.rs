@@ -2,6 +2,7 @@
 //! onto the router and limiter for validation and micro benchmarks.
 pub mod cidr;
 pub mod host;
+pub mod jwt;
 pub mod views;
 
 use crate::config::Snapshot;
@@ -301,6 +302,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::PyResponseView>()?;
     m.add_class::<host::Waker>()?;
     m.add_function(wrap_pyfunction!(check_snapshot, m)?)?;
+    m.add_function(wrap_pyfunction!(jwt::verify_jws_signature, m)?)?;
+    m.add_function(wrap_pyfunction!(jwt::check_jws_key, m)?)?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
