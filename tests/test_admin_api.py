@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx
 import msgspec
 import pytest
 import uvicorn
+from conftest import free_port
 
 from pygateway.admin import create_app
 from pygateway.plugin import Plugin
@@ -47,12 +47,6 @@ def make_registry() -> Registry:
     reg = Registry()
     reg._add(Found(KeyAuth, "test"))
     return reg
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
