@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 NO_CONFIG_HINT = (
     "no config given: every path answers 404. Put routes in an APISIX-style apisix.yaml, e.g.\n"
@@ -27,7 +27,7 @@ ADMIN_HINT = (
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one clear line, no usage dump
+    def error(self, message: str) -> NoReturn:  # one clear line, no usage dump
         sys.stderr.write(f"pygateway: {message} (see 'pygateway --help')\n")
         raise SystemExit(2)
 

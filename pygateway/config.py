@@ -347,14 +347,14 @@ def _validate_collection(
             first_pos[key] = pos
         memo_key = _memo_key(name, item) if usable else None
         cached = _VALIDATED.get(memo_key) if memo_key is not None else None
-        if cached is not None and cached[1] is _plugin_source(get_plugin):
+        if key is not None and cached is not None and cached[1] is _plugin_source(get_plugin):
             valid[key] = cached[0]  # unchanged since the last validation: reuse it
             continue
         # Validate even objects without a usable id, so their other errors are reported too.
         # The key is checked above; leave it out so msgspec doesn't report it a second time.
         body = {k: v for k, v in item.items() if k != key_field}
         obj = _validate_object(label, _MODELS[name], body, get_plugin, errors, consumer=name == "consumers")
-        if not usable:
+        if not usable or key is None:
             continue
         if len(errors) > n_errors:
             invalid.add(key)
