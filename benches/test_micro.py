@@ -28,9 +28,8 @@ from pygateway import _core
 from pygateway.host import ACCESS, Chain
 
 sys.path.insert(0, str(HERE / "bench_plugins"))
+import pytest_benchmark  # noqa: F401 - a test dependency: fail loudly if it is missing
 from bench_plugins import BenchKeyCheck, BenchNoop
-
-pytest.importorskip("pytest_benchmark")
 
 UPSTREAM = {"nodes": [{"host": "127.0.0.1", "port": 80, "weight": 1}]}
 

@@ -10,7 +10,6 @@ import time
 
 import httpx
 import orjson
-import pytest
 from conftest import free_port, route
 
 
@@ -232,7 +231,6 @@ def test_keepalive_reuses_connections_concurrently(upstream, gateway):
 
 def test_https_upstream_verifies_certificates(gateway):
     """A TLS upstream with a certificate no public CA signed is refused (verification is on)."""
-    pytest.importorskip("ssl")
     import ssl
     import tempfile
 
