@@ -71,6 +71,10 @@ class Worker:
         keepalive_requests: int = 1000,
         drain_timeout: float = 30.0,
         max_connections_per_ip: int = 1000,
+        metrics_path: str | None = None,
+        worker_id: int = 0,
+        access_log: str | None = None,
+        access_log_format: str = "json",
     ) -> Worker: ...
     def bind(self, host: str, port: int, backlog: int = 4096) -> int: ...
     def apply(self, snapshot: bytes, chains: dict[str, Any]) -> int: ...
@@ -93,6 +97,13 @@ class RouteMatcher:
         query: str | None = None,
     ) -> str | None: ...
     def __len__(self) -> int: ...
+
+@final
+class Metrics:
+    """The shared metrics file (one slab per worker); `render()` sums them as Prometheus text."""
+
+    def __new__(cls, path: str, workers: int = 1, slab_bytes: int = 4194304, create: bool = False) -> Metrics: ...
+    def render(self) -> str: ...
 
 @final
 class Limiter:

@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--admin-key", help="admin X-API-KEY (or PYGATEWAY_ADMIN_KEY)")
     run.add_argument("--viewer-key", help="read-only X-API-KEY (or PYGATEWAY_VIEWER_KEY)")
     run.add_argument("--allow-admin", action="append", help="CIDR allowed to use the admin API (repeatable)")
+    run.add_argument("--metrics-listen", type=_listen,
+                     help="Prometheus metrics and /status HOST:PORT (default 127.0.0.1:9091)")  # fmt: skip
+    run.add_argument("--no-metrics", action="store_true", default=None, help="no metrics/status port")
+    run.add_argument("--access-log", help="access log: a file path, or stdout (default: none)")
+    run.add_argument("--access-log-format",
+                     help="json (default), combined, a JSON object of field: $variable, or a $variable template")
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
     val.add_argument("--plugin-dir", action="append", default=[])
@@ -99,6 +105,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "admin_key": None,
     "viewer_key": None,
     "allow_admin": None,
+    "metrics_listen": ("127.0.0.1", 9091),
+    "no_metrics": False,
+    "access_log": None,
+    "access_log_format": "json",
 }
 _ENV = {"admin_key": "PYGATEWAY_ADMIN_KEY", "viewer_key": "PYGATEWAY_VIEWER_KEY"}
 
@@ -135,7 +145,7 @@ def _load_node_config(path: str) -> dict[str, Any]:
         if name not in RUN_DEFAULTS:
             raise SystemExit(f"pygateway: node config {path}: unknown setting {key!r}")
         flag = "--" + name.replace("_", "-")
-        if name == "no_admin":
+        if name in ("no_admin", "no_metrics"):
             out[name] = bool(value)
             continue
         values = value if isinstance(value, list) else [value]
@@ -203,6 +213,9 @@ def _run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, etcd_endpoints=[e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
         etcd_prefix=args.etcd_prefix, admin_listen=None if args.no_admin else args.admin_listen,
         admin_key=args.admin_key, viewer_key=args.viewer_key,
+        metrics_listen=None if args.no_metrics else args.metrics_listen,
+        access_log=None if args.access_log in (None, "off") else args.access_log,
+        access_log_format=args.access_log_format,
     )  # fmt: skip
     if args.allow_admin:
         settings.allow_admin = list(args.allow_admin)
@@ -216,6 +229,7 @@ def _run(args: argparse.Namespace) -> int:
         master.install_signals()
         master.start()
         master.start_admin()
+        master.start_status()
     except ConfigError as exc:
         if len(exc.errors) == 1:
             print(f"pygateway: {exc.errors[0]}", file=sys.stderr)
@@ -232,6 +246,9 @@ def _run(args: argparse.Namespace) -> int:
           flush=True)  # fmt: skip
     if master.admin_info:
         print(master.admin_info, flush=True)
+    if settings.metrics_listen is not None:
+        mh, mp = settings.metrics_listen
+        print(f"metrics on http://{mh}:{mp}/apisix/prometheus/metrics; probes /status, /status/ready", flush=True)
     if not master.raw.get("routes"):
         print(NO_CONFIG_HINT if master.admin is None else ADMIN_HINT.format(
             url=f"http://{settings.admin_listen[0]}:{settings.admin_listen[1]}"), flush=True)  # type: ignore[index]

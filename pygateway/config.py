@@ -623,9 +623,16 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
             _COMPILED[rid] = cached
         routes.append(cached[1])
         python_plugins[rid] = cached[2]
-    global_entries = (p for rule in cfg.global_rules.values() for p in rule.plugins.values())
-    global_plugins = _sorted_pairs(p for p in global_entries if not p.disabled and not p.cls.native)
-    return {"version": version, "routes": routes}, python_plugins, global_plugins
+    global_entries = [p for rule in cfg.global_rules.values() for p in rule.plugins.values() if not p.disabled]
+    global_plugins = _sorted_pairs(p for p in global_entries if not p.cls.native)
+    snapshot: dict[str, Any] = {"version": version, "routes": routes}
+    # A global `prometheus` counts every request, matched or not; a route's own conf wins.
+    prom = next((p for p in global_entries if p.cls.name == "prometheus"), None)
+    if prom is not None:
+        conf = msgspec.to_builtins(prom.conf)
+        snapshot["routes"] = [{**r, "plugins": {"prometheus": conf, **r["plugins"]}} for r in routes]
+        snapshot["metrics_unmatched"] = True
+    return snapshot, python_plugins, global_plugins
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).
@@ -638,6 +645,8 @@ def _route_snapshot(cfg: Config, rid: str, route: Route, native: dict[str, Any])
     upstream = _route_upstream(cfg, route)
     return {
         "id": rid,
+        "name": route.name,
+        "service_id": str(route.service_id) if route.service_id is not None else None,
         "uris": _merge_one_many(route.uri, route.uris),
         "hosts": hosts,
         "methods": list(route.methods or []),

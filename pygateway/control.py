@@ -187,12 +187,13 @@ def admin_keys(data_dir: Path, admin_key: str | None, viewer_key: str | None) ->
 class AdminServer:
     """uvicorn on a daemon thread of the master."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int, name: str = "pygateway-admin") -> None:
         import uvicorn
 
         cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
         self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, name="pygateway-admin", daemon=True)
+        self.name = name
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
 
     def start(self, timeout: float = 10.0) -> None:
         self.thread.start()
@@ -202,7 +203,9 @@ class AdminServer:
                 break
             deadline.wait(0.05)
         if not self.server.started:
-            raise OSError("the admin API did not start (is its port in use?)")
+            what = "admin API" if self.name == "pygateway-admin" else "metrics/status port"
+            raise OSError(f"the {what} did not start on {self.server.config.host}:{self.server.config.port} "
+                          "(is the port in use?)")
 
     def stop(self) -> None:
         self.server.should_exit = True

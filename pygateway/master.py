@@ -83,6 +83,9 @@ class Settings:
     keepalive_requests: int = 1000
     max_connections: int = 10_000
     max_connections_per_ip: int = 1000
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9091)  # None: no metrics/status port
+    access_log: str | None = None  # a file path, "stdout", or None
+    access_log_format: str = "json"
 
 
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
@@ -119,6 +122,15 @@ class Master:
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self.shm_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.limits")
         self._limits = _core.Limiter(self.shm_path, slots=1 << 16, create=True)
+        self.metrics_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.metrics")
+        self.metrics = _core.Metrics(self.metrics_path, workers=settings.workers, create=True)
+        self.status_server: AdminServer | None = None
+        self.reloaded_at = time.time()
+        # Workers write "stdout" access logs to the master's stdout through an inherited descriptor.
+        self._log_fd: int | None = None
+        if settings.access_log == "stdout":
+            self._log_fd = os.dup(1)
+            os.set_inheritable(self._log_fd, True)
         plugin_dirs = list(settings.plugin_dirs)
         self.registry = Registry(plugin_dirs)
 
@@ -188,6 +200,28 @@ class Master:
         if self.store.read_only:
             self.admin_info += f"\n  read-only: the config comes from {self.s.config_path}"
 
+    def start_status(self) -> None:
+        """The metrics and status port (Prometheus, Kubernetes probes)."""
+        if self.s.metrics_listen is None:
+            return
+        from pygateway.status import create_app
+
+        host, port = self.s.metrics_listen
+        self.status_server = AdminServer(create_app(self), host, port, name="pygateway-status")
+        self.status_server.start()
+
+    def metrics_text(self) -> str:
+        from pygateway.status import master_metrics
+
+        ready = sum(1 for w in list(self.workers.values()) if w.applied >= self.version)
+        return self.metrics.render() + master_metrics(self.version, self.reloaded_at, len(self.workers), ready)
+
+    def status(self) -> tuple[bool, dict[str, Any]]:
+        workers = list(self.workers.values())
+        ready = sum(1 for w in workers if w.applied >= self.version and w.proc.poll() is None)
+        summary = {"config_version": self.version, "workers": self.s.workers, "workers_ready": ready}
+        return ready == self.s.workers and not self.stopping, summary
+
     def reload(self, why: str) -> bool:
         try:
             raw = self._read_config()
@@ -196,6 +230,7 @@ class Master:
             log.error("config reload (%s) rejected; still serving version %d:\n%s", why, self.version, exc)
             return False
         self.raw, self.version, self.compiled = raw, self.version + 1, compiled
+        self.reloaded_at = time.time()
         self.source.good(raw)
         msg = self._config_msg()
         for w in self.workers.values():
@@ -218,7 +253,12 @@ class Master:
         ]  # fmt: skip
         for d in self.s.plugin_dirs:
             cmd += ["--plugin-dir", d]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        cmd += ["--metrics", self.metrics_path]
+        if self.s.access_log:
+            where = f"fd:{self._log_fd}" if self._log_fd is not None else self.s.access_log
+            cmd += ["--access-log", where, "--access-log-format", self.s.access_log_format]
+        fds = (self._log_fd,) if self._log_fd is not None else ()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds)
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         w = WorkerProc(wid, proc, time.monotonic())
@@ -323,6 +363,13 @@ class Master:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if signum == signal.SIGHUP:
             self.reload_requested = True
+        elif signum == signal.SIGUSR1:
+            # logrotate: every worker reopens its access log file.
+            for w in list(self.workers.values()):
+                try:
+                    w.proc.send_signal(signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
         elif signum == signal.SIGTERM:
             self.stopping = self.stopping or "drain"
         else:
@@ -330,7 +377,7 @@ class Master:
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
-        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
     def serve_forever(self) -> int:
@@ -370,12 +417,15 @@ class Master:
     def cleanup(self) -> None:
         if self.admin is not None:
             self.admin.stop()
+        if self.status_server is not None:
+            self.status_server.stop()
         self.source.close()
         for w in self.workers.values():
             if w.proc.poll() is None:
                 w.proc.kill()
                 w.proc.wait()
-        try:
-            os.unlink(self.shm_path)
-        except OSError:
-            pass
+        for path in (self.shm_path, self.metrics_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

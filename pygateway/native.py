@@ -51,4 +51,15 @@ class LimitCount(Plugin):
         group: str | None = None
 
 
-NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount)
+class Prometheus(Plugin):
+    """Count this route's requests in the Prometheus metrics (on a global rule: every request)."""
+
+    name = "prometheus"
+    priority = 500
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        prefer_name: bool = False
+
+
+NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus)

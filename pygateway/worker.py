@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keepalive-requests", type=int, default=1000)
     p.add_argument("--max-connections", type=int, default=10_000)
     p.add_argument("--max-connections-per-ip", type=int, default=1000)
+    p.add_argument("--metrics")
+    p.add_argument("--access-log")
+    p.add_argument("--access-log-format", default="json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
@@ -70,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             keepalive_requests=args.keepalive_requests,
             max_connections=args.max_connections,
             max_connections_per_ip=args.max_connections_per_ip,
+            metrics_path=args.metrics,
+            worker_id=args.id,
+            access_log=args.access_log,
+            access_log_format=args.access_log_format,
         )
         # Serve nothing until the first config is in: a respawned worker must not answer 404s.
         first = Compiled.read(sys.stdin.buffer)

@@ -77,8 +77,9 @@ VIEWER_KEY = "test-viewer-key"
 
 class Gateway:
     def __init__(self, proc: subprocess.Popen[bytes], port: int, config_path: Path, log_path: Path,
-                 admin_port: int) -> None:  # fmt: skip
+                 admin_port: int, metrics_port: int) -> None:  # fmt: skip
         self.proc, self.port, self.config_path, self.log_path = proc, port, config_path, log_path
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
         self.url = f"http://127.0.0.1:{port}"
         self.admin_url = f"http://127.0.0.1:{admin_port}/apisix/admin"
         self.admin_headers = {"X-API-KEY": ADMIN_KEY}
@@ -157,19 +158,20 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
               data_dir: Path | None = None, port: int | None = None, admin_port: int | None = None) -> Gateway:  # fmt: skip
         """Start `pygateway run`: on a standalone file when `config` is given, else on the SQLite
         store in `data_dir` (fresh by default), with its admin API on a free port (or the given ones)."""
-        port, admin_port = port or free_port(), admin_port or free_port()
+        port, admin_port, metrics_port = port or free_port(), admin_port or free_port(), free_port()
         cfg = tmp_path / f"apisix-{port}.yaml"
         log = tmp_path / f"gateway-{port}.log"
         data = data_dir or tmp_path / f"data-{port}"
         cmd = [sys.executable, "-m", "pygateway.cli", "run", "--listen", f"127.0.0.1:{port}",
                "--workers", str(workers), "--admin-listen", f"127.0.0.1:{admin_port}", "--data-dir", str(data),
-               "--admin-key", ADMIN_KEY, "--viewer-key", VIEWER_KEY, *(args or [])]  # fmt: skip
+               "--admin-key", ADMIN_KEY, "--viewer-key", VIEWER_KEY,
+               "--metrics-listen", f"127.0.0.1:{metrics_port}", *(args or [])]  # fmt: skip
         if config is not None:
             write_config(cfg, config)
             cmd += ["-c", str(cfg)]
         with open(log, "wb") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT)
-        gw = Gateway(proc, port, cfg, log, admin_port)
+        gw = Gateway(proc, port, cfg, log, admin_port, metrics_port)
         started.append(gw)
         gw.wait_log("listening on", timeout=30)
         return gw

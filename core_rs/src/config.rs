@@ -12,11 +12,18 @@ pub struct Snapshot {
     pub version: u64,
     #[serde(default)]
     pub routes: Vec<RouteConf>,
+    /// A global rule enables `prometheus`: requests that match no route are counted too.
+    #[serde(default)]
+    pub metrics_unmatched: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct RouteConf {
     pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub service_id: Option<String>,
     /// `uri` and `uris` merged; `/a/*` is a prefix, `/a/:id` has a parameter segment.
     #[serde(default)]
     pub uris: Vec<String>,

@@ -26,6 +26,8 @@ pub enum GwBody {
     },
     /// Runs a hook once the body is finished or dropped (the `log` phase: after the response is sent).
     Hooked(Box<GwBody>, DropHook),
+    /// Counts the bytes sent; its meter records metrics and the access log line when dropped.
+    Metered(Box<(GwBody, crate::proxy::observe::Meter)>),
 }
 
 pub struct DropHook(pub Option<Box<dyn FnOnce() + Send>>);
@@ -61,6 +63,16 @@ impl Body for GwBody {
             GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             GwBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            GwBody::Metered(m) => {
+                let (inner, meter) = &mut **m;
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(f))) = &polled {
+                    if let Some(d) = f.data_ref() {
+                        meter.body_bytes += d.len() as u64;
+                    }
+                }
+                polled
+            }
             GwBody::Filtered {
                 inner,
                 filter,
@@ -101,6 +113,7 @@ impl Body for GwBody {
             GwBody::Upstream(b) => b.is_end_stream(),
             GwBody::Filtered { done, .. } => *done,
             GwBody::Hooked(b, _) => b.is_end_stream(),
+            GwBody::Metered(m) => m.0.is_end_stream(),
         }
     }
 
@@ -112,6 +125,7 @@ impl Body for GwBody {
             // A filter may change the length: no exact hint.
             GwBody::Filtered { .. } => SizeHint::default(),
             GwBody::Hooked(b, _) => b.size_hint(),
+            GwBody::Metered(m) => m.0.size_hint(),
         }
     }
 }

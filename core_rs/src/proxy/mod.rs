@@ -3,6 +3,7 @@ pub mod body;
 pub mod h1client;
 pub mod lb;
 pub mod normalize;
+pub mod observe;
 pub mod table;
 pub mod vars;
 
@@ -16,6 +17,7 @@ use h1client::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use observe::{Exchange, NodeRef};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub struct Shared {
     /// Python callable `submit(coro, waker)` that runs async hooks on the worker's asyncio loop.
     pub submit: Option<Arc<PyObj<pyo3::PyAny>>>,
     pub max_uri_len: usize,
+    pub obs: Rc<observe::Observer>,
 }
 
 /// A short JSON error made by the gateway.
@@ -163,6 +166,7 @@ pub async fn handle(
     shared: Rc<Shared>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    ex: &mut Exchange,
 ) -> Response<GwBody> {
     if let Some(why) = framing_error(req.headers()) {
         return with_close(error_response(StatusCode::BAD_REQUEST, why));
@@ -212,9 +216,13 @@ pub async fn handle(
         table.router.find(&input)
     };
     let Some(idx) = route_idx else {
+        ex.metrics = table.metrics_unmatched;
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
     let route = &table.routes[idx];
+    ex.metrics = route.obs.metrics;
+    ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
+    ex.route = Some(route.obs.clone());
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
@@ -285,6 +293,9 @@ pub async fn handle(
         }
     }
 
+    if ex.wants_consumer {
+        ex.consumer.clone_from(&out.consumer);
+    }
     // Native limiters (shared-memory state, exact across workers).
     let mut quota: Option<(u64, u64, u64)> = None;
     if route.limit_count.is_some() || route.limit_req.is_some() {
@@ -307,6 +318,7 @@ pub async fn handle(
                     monotonic_ns(),
                 );
                 if !d.allowed {
+                    shared.obs.rec.limit_rejected(&route.id, "limit-count");
                     let mut r = rejected(lc.rejected_code, lc.rejected_msg.as_deref());
                     if lc.show_headers {
                         quota_headers(
@@ -332,6 +344,7 @@ pub async fn handle(
                     monotonic_ns(),
                 ) {
                     Err(()) => {
+                        shared.obs.rec.limit_rejected(&route.id, "limit-req");
                         let r = rejected(lr.rejected_code, lr.rejected_msg.as_deref());
                         return finish_resp(route, preq, r);
                     }
@@ -354,7 +367,7 @@ pub async fn handle(
         }
     }
 
-    let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host).await;
+    let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host, ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
         quota_headers(resp.headers_mut(), limit, remaining, reset);
@@ -525,6 +538,7 @@ async fn proxy_to_upstream(
     remote: IpAddr,
     host: &str,
     orig_host: Option<HeaderValue>,
+    ex: &mut Exchange,
 ) -> Response<GwBody> {
     let u = &route.upstream;
     let plugin_host = out
@@ -632,12 +646,21 @@ async fn proxy_to_upstream(
             u.balancer.on_start(i);
             std::time::Instant::now()
         });
+        let sent_at = std::time::Instant::now();
         let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
+        let took = sent_at.elapsed();
         if let (Some(i), Some(t)) = (tracked, started) {
             u.balancer.on_finish(i, t.elapsed().as_nanos() as u64);
         }
+        let node = match node_idx {
+            Some(i) => NodeRef::Pool(route.upstream.clone(), i),
+            None => NodeRef::Custom(target_host.to_string(), port),
+        };
+        ex.upstream_us = Some(took.as_micros() as u64);
         let err = match result {
             Ok(resp) => {
+                ex.upstream_status = Some(resp.status().as_u16());
+                ex.node = Some(node);
                 let (mut parts, inc) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 return Response::from_parts(parts, GwBody::Upstream(inc));
@@ -648,6 +671,11 @@ async fn proxy_to_upstream(
             err,
             UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
         );
+        if nothing_sent {
+            ex.failed.push(node);
+        } else {
+            ex.node = Some(node);
+        }
         if nothing_sent && can_retry {
             if let Some(i) = node_idx {
                 tried.push(i);

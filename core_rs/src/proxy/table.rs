@@ -15,6 +15,8 @@ pub struct RouteTable {
     pub version: u64,
     pub router: Router,
     pub routes: Vec<CompiledRoute>,
+    /// Count requests that match no route (a global rule enables `prometheus`).
+    pub metrics_unmatched: bool,
 }
 
 pub struct CompiledRoute {
@@ -25,9 +27,31 @@ pub struct CompiledRoute {
     pub limit_req: Option<LimitReq>,
     pub limit_count: Option<LimitCount>,
     pub chain: Option<Arc<PyChain>>,
+    /// Labels for metrics and the access log.
+    pub obs: Arc<RouteObs>,
+}
+
+/// What metrics and logs say about a route (APISIX's prometheus labels).
+pub struct RouteObs {
+    pub id: Arc<str>,
+    /// `route` label: the id, or the name with `prometheus.prefer_name`.
+    pub label: Arc<str>,
+    pub service: String,
+    pub matched_uri: String,
+    pub matched_host: String,
+    /// The `prometheus` plugin is on for this route.
+    pub metrics: bool,
+}
+
+#[derive(Deserialize)]
+struct PrometheusConf {
+    #[serde(default)]
+    prefer_name: bool,
 }
 
 pub struct Upstream {
+    /// `name` label of upstream metrics: the upstream id, or the route id for an inline one.
+    pub name: Arc<str>,
     pub nodes: Vec<Node>,
     pub balancer: Balancer,
     pub https: bool,
@@ -43,6 +67,8 @@ pub struct Node {
     pub port: u16,
     /// `host:port` as a Host header value (pass_host: node) and URI authority.
     pub authority: HeaderValue,
+    /// Passive health last reported to metrics: 0 unknown, 1 reachable, 2 not.
+    pub health: std::sync::atomic::AtomicU8,
 }
 
 pub enum PassHost {
@@ -187,6 +213,7 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
                 .to_string(),
             port: n.port,
             authority,
+            health: Default::default(),
         });
     }
     if nodes.is_empty() {
@@ -228,6 +255,7 @@ fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, Compil
         .map(|r| r as usize)
         .unwrap_or(nodes.len().saturating_sub(1));
     Ok(Upstream {
+        name: Arc::from(u.id.as_deref().unwrap_or(route_id)),
         balancer: Balancer::new(kind, &weights),
         nodes,
         https,
@@ -288,14 +316,28 @@ fn compile_route(
             )));
         }
     }
+    let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
+    let id: Arc<str> = Arc::from(r.id.as_str());
+    let obs = RouteObs {
+        label: match (&prometheus, &r.name) {
+            (Some(p), Some(name)) if p.prefer_name => Arc::from(name.as_str()),
+            _ => id.clone(),
+        },
+        id: id.clone(),
+        service: r.service_id.clone().unwrap_or_default(),
+        matched_uri: r.uris.first().cloned().unwrap_or_default(),
+        matched_host: r.hosts.first().cloned().unwrap_or_default(),
+        metrics: prometheus.is_some(),
+    };
     Ok(CompiledRoute {
-        id: Arc::from(r.id.as_str()),
+        id,
         upstream: Arc::new(upstream),
         connect_timeout: secs(t.connect),
         read_timeout: secs(t.read),
         limit_req,
         limit_count,
         chain,
+        obs: Arc::new(obs),
     })
 }
 
@@ -305,6 +347,7 @@ impl RouteTable {
             version: 0,
             router: Router::build(&[]).expect("empty router"),
             routes: Vec::new(),
+            metrics_unmatched: false,
         }
     }
 
@@ -341,6 +384,7 @@ impl RouteTable {
             version: snap.version,
             router,
             routes,
+            metrics_unmatched: snap.metrics_unmatched,
         })
     }
 }

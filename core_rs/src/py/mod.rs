@@ -5,8 +5,12 @@ pub mod host;
 pub mod jwt;
 pub mod views;
 
+use crate::accesslog::{AccessLog, LogFormat, Sink};
 use crate::config::Snapshot;
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::metrics::shm::MetricsShm;
+use crate::metrics::Recorder;
+use crate::proxy::observe::Observer;
 use crate::proxy::table::RouteTable;
 use crate::proxy::vars::ReqVars;
 use crate::proxy::Shared;
@@ -59,12 +63,15 @@ pub struct Worker {
     listener: Mutex<Option<std::net::TcpListener>>,
     submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
+    /// Metrics slab and access log; moved onto the I/O thread by `run()`.
+    observer: Mutex<Option<Observer>>,
 }
 
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000))]
+    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000, metrics_path=None, worker_id=0, access_log=None, access_log_format="json"))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         shm_path: Option<&str>,
         max_connections: usize,
@@ -72,7 +79,12 @@ impl Worker {
         keepalive_requests: u64,
         drain_timeout: f64,
         max_connections_per_ip: usize,
+        metrics_path: Option<&str>,
+        worker_id: usize,
+        access_log: Option<&str>,
+        access_log_format: &str,
     ) -> PyResult<Worker> {
+        let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
         let shm = match shm_path {
             Some(p) => ShmTable::open(std::path::Path::new(p)),
             None => ShmTable::anonymous(65_536),
@@ -93,6 +105,7 @@ impl Worker {
             listener: Mutex::new(None),
             submit: Mutex::new(None),
             stop_tx,
+            observer: Mutex::new(Some(observer)),
         })
     }
 
@@ -150,6 +163,12 @@ impl Worker {
         );
         let limits = self.limits.clone();
         let stop_rx = self.stop_tx.subscribe();
+        let obs = self
+            .observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("run() was already called"))?;
         py.detach(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -162,6 +181,7 @@ impl Worker {
                     shm: shared.1,
                     submit: shared.2,
                     max_uri_len: 8192,
+                    obs: Rc::new(obs),
                 });
                 server::serve(listener, shared, limits, server::shutdown_signal(stop_rx)).await
             });
@@ -175,6 +195,69 @@ impl Worker {
     /// Ask `run()` to drain and return (thread-safe).
     fn stop(&self) {
         let _ = self.stop_tx.send(true);
+    }
+}
+
+/// The worker's metrics slab (a private one without a master) and its access log, if any.
+/// `access_log` is a file path, or `fd:N` for a descriptor inherited from the master.
+fn observer(
+    metrics_path: Option<&str>,
+    worker_id: usize,
+    access_log: Option<&str>,
+    format: &str,
+) -> PyResult<Observer> {
+    let shm = match metrics_path {
+        Some(p) => MetricsShm::open(std::path::Path::new(p)),
+        None => MetricsShm::anonymous(1, 1 << 20),
+    }
+    .map_err(|e| PyOSError::new_err(format!("metrics file: {e}")))?;
+    let log = match access_log {
+        None => None,
+        Some(spec) => {
+            let fmt = LogFormat::parse(format).map_err(PyValueError::new_err)?;
+            let sink = match spec.strip_prefix("fd:") {
+                Some(fd) => Sink::Fd(fd.parse().map_err(|_| {
+                    PyValueError::new_err(format!("access_log: bad descriptor {spec:?}"))
+                })?),
+                None => Sink::File(spec.into()),
+            };
+            Some(
+                AccessLog::open(fmt, sink)
+                    .map_err(|e| PyOSError::new_err(format!("access log {spec}: {e}")))?,
+            )
+        }
+    };
+    Ok(Observer {
+        rec: Recorder::new(Arc::new(shm), worker_id),
+        log,
+    })
+}
+
+/// Creates the metrics file the workers write (one slab each) and renders it for Prometheus.
+#[pyclass(module = "pygateway._core", name = "Metrics", frozen)]
+pub struct Metrics {
+    shm: MetricsShm,
+}
+
+#[pymethods]
+impl Metrics {
+    /// `create=True` (the master) makes a fresh file with `workers` slabs of `slab_bytes`.
+    #[new]
+    #[pyo3(signature = (path, workers=1, slab_bytes=4 << 20, create=false))]
+    fn new(path: &str, workers: usize, slab_bytes: usize, create: bool) -> PyResult<Metrics> {
+        let p = std::path::Path::new(path);
+        let shm = if create {
+            MetricsShm::create(p, workers, slab_bytes)
+        } else {
+            MetricsShm::open(p)
+        }
+        .map_err(|e| PyOSError::new_err(format!("metrics file {path}: {e}")))?;
+        Ok(Metrics { shm })
+    }
+
+    /// Prometheus text exposition of every worker's counters, summed.
+    fn render(&self, py: Python<'_>) -> String {
+        py.detach(|| crate::metrics::render(&self.shm))
     }
 }
 
@@ -296,6 +379,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Worker>()?;
     m.add_class::<RouteMatcher>()?;
     m.add_class::<Limiter>()?;
+    m.add_class::<Metrics>()?;
     m.add_class::<cidr::CidrSet>()?;
     m.add_class::<views::PyRequest>()?;
     m.add_class::<views::PyHeaders>()?;

@@ -2,7 +2,9 @@
 //! with the edge limits of DESIGN §7 and a graceful drain.
 pub mod edge;
 
-use crate::proxy::{self, body::GwBody, Shared};
+use crate::accesslog::Capture;
+use crate::metrics::shm::{G_INFLIGHT, G_REQUESTS};
+use crate::proxy::{self, body::GwBody, observe, Shared};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -120,6 +122,11 @@ pub async fn serve(
     // Open connections per client address (this worker's share; each worker enforces the cap).
     let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
+    let log_task = shared
+        .obs
+        .log
+        .is_some()
+        .then(|| tokio::task::spawn_local(log_housekeeping(shared.obs.clone())));
     let drain = loop {
         tokio::select! {
             drain = &mut shutdown => break drain,
@@ -140,8 +147,10 @@ pub async fn serve(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
+                shared.obs.conn_opened();
                 open.set(open.get() + 1);
                 *per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
+                let conn_obs = shared.obs.clone();
                 let shared = shared.clone();
                 let served = Rc::new(Cell::new(0u64));
                 let max_req = limits.keepalive_requests;
@@ -151,11 +160,22 @@ pub async fn serve(
                     async move {
                         served.set(served.get() + 1);
                         let close = served.get() >= max_req;
-                        let mut resp: Response<GwBody> = proxy::handle(shared, req, peer).await;
+                        let obs = shared.obs.clone();
+                        obs.rec.bump(G_REQUESTS, 1);
+                        obs.rec.bump(G_INFLIGHT, 1);
+                        let started = std::time::Instant::now();
+                        let ingress = observe::head_len(&req);
+                        let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
+                        let mut ex = observe::Exchange::default();
+                        if capture.is_some() {
+                            ex.trace_id = observe::trace_id(&req);
+                        }
+                        let mut resp: Response<GwBody> = proxy::handle(shared, req, peer, &mut ex).await;
+                        obs.rec.bump(G_INFLIGHT, -1);
                         if close {
                             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
-                        Ok::<_, Infallible>(resp)
+                        Ok::<_, Infallible>(observe::meter(&obs, resp, ex, started, ingress, capture))
                     }
                 });
                 let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
@@ -164,6 +184,7 @@ pub async fn serve(
                 let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
                     let _ = conn.await;
+                    conn_obs.conn_closed();
                     open.set(open.get() - 1);
                     let mut m = per_ip.borrow_mut();
                     if let Some(n) = m.get_mut(&ip) {
@@ -180,7 +201,28 @@ pub async fn serve(
     if drain {
         let _ = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
     }
+    if let Some(t) = log_task {
+        t.abort();
+    }
+    shared.obs.flush_log();
     Ok(())
+}
+
+/// Flush access log lines at least every 100 ms; reopen the file on SIGUSR1 (logrotate).
+async fn log_housekeeping(obs: Rc<observe::Observer>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1()).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => obs.flush_log(),
+            Some(_) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
+                if let Some(log) = &obs.log {
+                    log.reopen();
+                }
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM (true: drain) or SIGINT/SIGQUIT (false: stop fast), or when `stop` fires.

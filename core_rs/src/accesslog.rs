@@ -1,0 +1,619 @@
+//! The access log: one line per request, formatted by the worker's I/O thread into a buffer and
+//! handed in batches to a writer thread, so a slow disk never blocks a request. When the writer
+//! falls behind, batches are dropped and counted (`pygateway_access_log_dropped_total`), never queued
+//! without bound. SIGUSR1 makes the writer reopen the file (logrotate).
+//!
+//! Formats: `json` (a default set of fields), `combined` (nginx's, plus request and upstream times),
+//! a JSON object mapping field names to APISIX/nginx `$variables` (APISIX's `log_format`), or a text
+//! template with `$variables`.
+use http::{HeaderName, HeaderValue, Method, Uri, Version};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Var {
+    RemoteAddr,
+    RemotePort,
+    TimeLocal,
+    TimeIso8601,
+    Msec,
+    Request,
+    RequestMethod,
+    RequestUri,
+    Uri,
+    Args,
+    ServerProtocol,
+    Status,
+    BodyBytesSent,
+    BytesSent,
+    RequestLength,
+    RequestTime,
+    UpstreamAddr,
+    UpstreamStatus,
+    UpstreamResponseTime,
+    Host,
+    /// `$http_<name>`: a request header (index into the captured values).
+    Header(usize),
+    RouteId,
+    ServiceId,
+    ConsumerName,
+    TraceId,
+}
+
+impl Var {
+    fn numeric(&self) -> bool {
+        matches!(
+            self,
+            Var::RemotePort
+                | Var::Status
+                | Var::BodyBytesSent
+                | Var::BytesSent
+                | Var::RequestLength
+                | Var::RequestTime
+                | Var::UpstreamResponseTime
+                | Var::UpstreamStatus
+                | Var::Msec
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Piece {
+    Lit(String),
+    Var(Var),
+}
+
+#[derive(Clone, Debug)]
+enum Shape {
+    Text(Vec<Piece>),
+    Json(Vec<(String, Vec<Piece>)>),
+}
+
+/// A compiled log format.
+#[derive(Clone, Debug)]
+pub struct LogFormat {
+    shape: Shape,
+    /// Request headers `$http_*` variables read, captured when the request starts.
+    pub headers: Vec<HeaderName>,
+}
+
+const DEFAULT_JSON: &str = r#"{"time":"$time_iso8601","client_ip":"$remote_addr","method":"$request_method","uri":"$request_uri","protocol":"$server_protocol","host":"$host","status":"$status","request_length":"$request_length","bytes_sent":"$bytes_sent","request_time":"$request_time","upstream_addr":"$upstream_addr","upstream_status":"$upstream_status","upstream_response_time":"$upstream_response_time","user_agent":"$http_user_agent","referer":"$http_referer","route_id":"$route_id","service_id":"$service_id","consumer":"$consumer_name","trace_id":"$trace_id"}"#;
+const COMBINED: &str = r#"$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent" $request_time $upstream_response_time"#;
+
+impl LogFormat {
+    pub fn parse(spec: &str) -> Result<LogFormat, String> {
+        let mut headers = Vec::new();
+        let shape = match spec.trim() {
+            "json" | "" => return LogFormat::parse(DEFAULT_JSON),
+            "combined" => Shape::Text(pieces(COMBINED, &mut headers)?),
+            s if s.starts_with('{') => {
+                let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s)
+                    .map_err(|e| format!("access log format: not a JSON object: {e}"))?;
+                let mut fields = Vec::new();
+                for (k, v) in map {
+                    let v = v.as_str().ok_or_else(|| {
+                        format!(
+                            "access log format: field {k:?} must be a string like \"$remote_addr\""
+                        )
+                    })?;
+                    fields.push((k, pieces(v, &mut headers)?));
+                }
+                Shape::Json(fields)
+            }
+            s => Shape::Text(pieces(s, &mut headers)?),
+        };
+        Ok(LogFormat { shape, headers })
+    }
+}
+
+fn var_of(name: &str, headers: &mut Vec<HeaderName>) -> Result<Var, String> {
+    Ok(match name {
+        "remote_addr" => Var::RemoteAddr,
+        "remote_port" => Var::RemotePort,
+        "time_local" => Var::TimeLocal,
+        "time_iso8601" => Var::TimeIso8601,
+        "msec" => Var::Msec,
+        "request" => Var::Request,
+        "request_method" => Var::RequestMethod,
+        "request_uri" => Var::RequestUri,
+        "uri" => Var::Uri,
+        "args" | "query_string" => Var::Args,
+        "server_protocol" => Var::ServerProtocol,
+        "status" => Var::Status,
+        "body_bytes_sent" => Var::BodyBytesSent,
+        "bytes_sent" => Var::BytesSent,
+        "request_length" => Var::RequestLength,
+        "request_time" => Var::RequestTime,
+        "upstream_addr" => Var::UpstreamAddr,
+        "upstream_status" => Var::UpstreamStatus,
+        "upstream_response_time" => Var::UpstreamResponseTime,
+        "host" => Var::Host,
+        "route_id" => Var::RouteId,
+        "service_id" => Var::ServiceId,
+        "consumer_name" => Var::ConsumerName,
+        "trace_id" => Var::TraceId,
+        h if h.starts_with("http_") => {
+            let hn = HeaderName::from_bytes(h[5..].replace('_', "-").as_bytes())
+                .map_err(|_| format!("access log format: bad header variable ${h}"))?;
+            let i = headers.iter().position(|x| *x == hn).unwrap_or_else(|| {
+                headers.push(hn);
+                headers.len() - 1
+            });
+            Var::Header(i)
+        }
+        other => return Err(format!("access log format: unknown variable ${other}")),
+    })
+}
+
+fn pieces(s: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece>, String> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            let (name, next) = if b.get(i + 1) == Some(&b'{') {
+                let end = s[i + 2..]
+                    .find('}')
+                    .ok_or("access log format: unclosed ${")?;
+                (&s[i + 2..i + 2 + end], i + 3 + end)
+            } else {
+                let end = s[i + 1..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(s.len(), |e| i + 1 + e);
+                (&s[i + 1..end], end)
+            };
+            if name.is_empty() {
+                lit.push('$');
+                i += 1;
+                continue;
+            }
+            if !lit.is_empty() {
+                out.push(Piece::Lit(std::mem::take(&mut lit)));
+            }
+            out.push(Piece::Var(var_of(name, headers)?));
+            i = next;
+        } else {
+            let ch = s[i..].chars().next().unwrap_or(' ');
+            lit.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    if !lit.is_empty() {
+        out.push(Piece::Lit(lit));
+    }
+    Ok(out)
+}
+
+/// What is known when the request arrives (only captured when a log is written).
+pub struct Capture {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub peer: SocketAddr,
+    pub host: Option<HeaderValue>,
+    pub wall: SystemTime,
+    pub headers: Vec<Option<HeaderValue>>,
+}
+
+impl Capture {
+    pub fn new(fmt: &LogFormat, req: &http::Request<impl Sized>, peer: SocketAddr) -> Capture {
+        Capture {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            peer,
+            host: req.headers().get(http::header::HOST).cloned(),
+            wall: SystemTime::now(),
+            headers: fmt
+                .headers
+                .iter()
+                .map(|h| req.headers().get(h).cloned())
+                .collect(),
+        }
+    }
+}
+
+/// What is known when the response is done.
+pub struct Done<'a> {
+    pub status: u16,
+    pub body_bytes: u64,
+    pub bytes_sent: u64,
+    pub request_length: u64,
+    pub request_us: u64,
+    pub upstream_addr: Option<(&'a str, u16)>,
+    pub upstream_status: Option<u16>,
+    pub upstream_us: Option<u64>,
+    pub route_id: &'a str,
+    pub service_id: &'a str,
+    pub consumer: &'a str,
+    pub trace_id: &'a str,
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn secs(us: u64) -> String {
+    format!("{}.{:03}", us / 1_000_000, (us % 1_000_000) / 1000)
+}
+
+/// Append the value of `v` to `out` (empty when unknown: JSON renders it as `null`/`""`).
+fn value(out: &mut String, v: &Var, c: &Capture, d: &Done<'_>) {
+    use std::fmt::Write as _;
+    match v {
+        Var::RemoteAddr => {
+            let _ = write!(out, "{}", c.peer.ip());
+        }
+        Var::RemotePort => {
+            let _ = write!(out, "{}", c.peer.port());
+        }
+        Var::TimeLocal => out.push_str(&time_local(c.wall)),
+        Var::TimeIso8601 => out.push_str(&time_iso8601(c.wall)),
+        Var::Msec => {
+            let d = c.wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+            let _ = write!(out, "{}.{:03}", d.as_secs(), d.subsec_millis());
+        }
+        Var::Request => {
+            let pq = c.uri.path_and_query().map_or("/", |p| p.as_str());
+            let _ = write!(out, "{} {} {}", c.method, pq, protocol(c.version));
+        }
+        Var::RequestMethod => out.push_str(c.method.as_str()),
+        Var::RequestUri => out.push_str(c.uri.path_and_query().map_or("/", |p| p.as_str())),
+        Var::Uri => out.push_str(c.uri.path()),
+        Var::Args => out.push_str(c.uri.query().unwrap_or("")),
+        Var::ServerProtocol => out.push_str(protocol(c.version)),
+        Var::Status => {
+            let _ = write!(out, "{}", d.status);
+        }
+        Var::BodyBytesSent => {
+            let _ = write!(out, "{}", d.body_bytes);
+        }
+        Var::BytesSent => {
+            let _ = write!(out, "{}", d.bytes_sent);
+        }
+        Var::RequestLength => {
+            let _ = write!(out, "{}", d.request_length);
+        }
+        Var::RequestTime => out.push_str(&secs(d.request_us)),
+        Var::UpstreamAddr => {
+            if let Some((h, p)) = d.upstream_addr {
+                if h.contains(':') {
+                    let _ = write!(out, "[{h}]:{p}");
+                } else {
+                    let _ = write!(out, "{h}:{p}");
+                }
+            }
+        }
+        Var::UpstreamStatus => {
+            if let Some(s) = d.upstream_status {
+                let _ = write!(out, "{s}");
+            }
+        }
+        Var::UpstreamResponseTime => {
+            if let Some(us) = d.upstream_us {
+                out.push_str(&secs(us));
+            }
+        }
+        Var::Host => {
+            let h = c
+                .host
+                .as_ref()
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| c.uri.authority().map(|a| a.as_str()))
+                .unwrap_or("");
+            out.push_str(h);
+        }
+        Var::Header(i) => {
+            if let Some(Some(h)) = c.headers.get(*i) {
+                out.push_str(&String::from_utf8_lossy(h.as_bytes()));
+            }
+        }
+        Var::RouteId => out.push_str(d.route_id),
+        Var::ServiceId => out.push_str(d.service_id),
+        Var::ConsumerName => out.push_str(d.consumer),
+        Var::TraceId => out.push_str(d.trace_id),
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes());
+            }
+            c => {
+                let mut b = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+impl LogFormat {
+    /// Append one line (with its newline) to `out`.
+    pub fn write(&self, out: &mut Vec<u8>, c: &Capture, d: &Done<'_>) {
+        let mut s = String::new();
+        match &self.shape {
+            Shape::Text(ps) => {
+                for p in ps {
+                    match p {
+                        Piece::Lit(l) => s.push_str(l),
+                        Piece::Var(v) => {
+                            let before = s.len();
+                            value(&mut s, v, c, d);
+                            if s.len() == before {
+                                s.push('-'); // nginx prints "-" for an empty value
+                            }
+                        }
+                    }
+                }
+                // One request, one line: a header value cannot break it.
+                out.extend(
+                    s.bytes()
+                        .map(|b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                );
+            }
+            Shape::Json(fields) => {
+                out.push(b'{');
+                for (i, (k, ps)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    json_str(out, k);
+                    out.push(b':');
+                    s.clear();
+                    let mut only_var = None;
+                    for p in ps {
+                        match p {
+                            Piece::Lit(l) => s.push_str(l),
+                            Piece::Var(v) => {
+                                value(&mut s, v, c, d);
+                                only_var = (ps.len() == 1).then_some(v);
+                            }
+                        }
+                    }
+                    match only_var {
+                        Some(_) if s.is_empty() => out.extend_from_slice(b"null"),
+                        Some(v) if v.numeric() => out.extend_from_slice(s.as_bytes()),
+                        _ => json_str(out, &s),
+                    }
+                }
+                out.push(b'}');
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
+    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (y, m, d) = civil((s / 86_400) as i64);
+    let r = s % 86_400;
+    (y, m, d, r / 3600, r % 3600 / 60, r % 60)
+}
+
+pub fn time_iso8601(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = parts(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00")
+}
+
+fn time_local(t: SystemTime) -> String {
+    const MON: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s) = parts(t);
+    format!(
+        "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+        MON[(mo - 1) as usize]
+    )
+}
+
+/// Where lines go.
+#[derive(Clone, Debug)]
+pub enum Sink {
+    File(PathBuf),
+    /// An inherited descriptor (the master's stdout).
+    Fd(i32),
+}
+
+enum Msg {
+    Lines(Vec<u8>),
+    Reopen,
+}
+
+/// The I/O thread's end: a line buffer and the channel to the writer thread.
+pub struct AccessLog {
+    pub format: LogFormat,
+    buf: std::cell::RefCell<Vec<u8>>,
+    tx: SyncSender<Msg>,
+}
+
+/// Batches are flushed at this size, or by the periodic flush.
+const BATCH: usize = 32 * 1024;
+/// Batches in flight to the writer before new ones are dropped (≈ 2 MiB).
+const QUEUE: usize = 64;
+
+impl AccessLog {
+    pub fn open(format: LogFormat, sink: Sink) -> std::io::Result<AccessLog> {
+        let out = open_sink(&sink)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("pygateway-accesslog".into())
+            .spawn(move || writer(sink, out, rx))?;
+        Ok(AccessLog {
+            format,
+            buf: std::cell::RefCell::new(Vec::with_capacity(BATCH * 2)),
+            tx,
+        })
+    }
+
+    /// Format one line; hand the batch to the writer once it is big enough. Returns lines dropped.
+    pub fn log(&self, c: &Capture, d: &Done<'_>) -> u64 {
+        let mut buf = self.buf.borrow_mut();
+        self.format.write(&mut buf, c, d);
+        if buf.len() >= BATCH {
+            drop(buf);
+            return self.flush();
+        }
+        0
+    }
+
+    /// Send what is buffered; returns how many lines were dropped because the writer is behind.
+    pub fn flush(&self) -> u64 {
+        let mut buf = self.buf.borrow_mut();
+        if buf.is_empty() {
+            return 0;
+        }
+        let batch = std::mem::replace(&mut *buf, Vec::with_capacity(BATCH * 2));
+        match self.tx.try_send(Msg::Lines(batch)) {
+            Ok(()) => 0,
+            Err(TrySendError::Full(Msg::Lines(b)) | TrySendError::Disconnected(Msg::Lines(b))) => {
+                b.iter().filter(|&&c| c == b'\n').count() as u64
+            }
+            Err(_) => 0,
+        }
+    }
+
+    pub fn reopen(&self) {
+        self.flush();
+        let _ = self.tx.send(Msg::Reopen);
+    }
+}
+
+fn open_sink(sink: &Sink) -> std::io::Result<File> {
+    match sink {
+        Sink::File(p) => OpenOptions::new().create(true).append(true).open(p),
+        Sink::Fd(fd) => {
+            use std::os::fd::FromRawFd;
+            // SAFETY: the master passed this descriptor to us for the log; we own it from here.
+            Ok(unsafe { File::from_raw_fd(*fd) })
+        }
+    }
+}
+
+fn writer(sink: Sink, mut out: File, rx: Receiver<Msg>) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Lines(b) => {
+                if let Err(e) = out.write_all(&b) {
+                    eprintln!("pygateway: access log write failed: {e}");
+                }
+            }
+            Msg::Reopen => {
+                if let Sink::File(_) = sink {
+                    match open_sink(&sink) {
+                        Ok(f) => out = f,
+                        Err(e) => eprintln!("pygateway: access log reopen failed: {e}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(fmt: &LogFormat) -> Capture {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a/b?x=1")
+            .header("host", "example.com")
+            .header("user-agent", "curl/8 \"q\"")
+            .body(())
+            .unwrap();
+        let mut c = Capture::new(fmt, &req, "10.0.0.1:5555".parse().unwrap());
+        c.wall = UNIX_EPOCH + std::time::Duration::from_millis(1_764_135_000_123);
+        c
+    }
+
+    fn done() -> Done<'static> {
+        Done {
+            status: 201,
+            body_bytes: 12,
+            bytes_sent: 140,
+            request_length: 80,
+            request_us: 1_234_567,
+            upstream_addr: Some(("127.0.0.1", 1980)),
+            upstream_status: Some(201),
+            upstream_us: Some(1_000_000),
+            route_id: "r1",
+            service_id: "",
+            consumer: "jack",
+            trace_id: "",
+        }
+    }
+
+    #[test]
+    fn default_json_line_is_valid_json_with_typed_fields() {
+        let f = LogFormat::parse("json").unwrap();
+        let mut out = Vec::new();
+        f.write(&mut out, &cap(&f), &done());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["uri"], "/a/b?x=1");
+        assert_eq!(v["client_ip"], "10.0.0.1");
+        assert_eq!(v["user_agent"], "curl/8 \"q\"");
+        assert_eq!(v["upstream_addr"], "127.0.0.1:1980");
+        assert_eq!(v["request_time"], 1.234);
+        assert_eq!(v["upstream_response_time"], 1.0);
+        assert_eq!(v["time"], "2025-11-26T05:30:00+00:00");
+        assert_eq!(v["consumer"], "jack");
+        assert!(v["referer"].is_null());
+        assert!(out.ends_with(b"\n"));
+    }
+
+    #[test]
+    fn combined_matches_nginx_shape() {
+        let f = LogFormat::parse("combined").unwrap();
+        let mut out = Vec::new();
+        f.write(&mut out, &cap(&f), &done());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.1 - - [26/Nov/2025:05:30:00 +0000] \"POST /a/b?x=1 HTTP/1.1\" 201 12 \"-\" \"curl/8 \"q\"\" 1.234 1.000\n"
+        );
+    }
+
+    #[test]
+    fn custom_formats_and_errors() {
+        let f = LogFormat::parse(r#"{"ip":"$remote_addr","s":"$status","x":"id=${route_id}"}"#)
+            .unwrap();
+        let mut out = Vec::new();
+        f.write(&mut out, &cap(&f), &done());
+        assert_eq!(out, b"{\"ip\":\"10.0.0.1\",\"s\":201,\"x\":\"id=r1\"}\n");
+        let e = LogFormat::parse("$nope").unwrap_err();
+        assert!(e.contains("$nope"), "{e}");
+        assert!(LogFormat::parse(r#"{"a": 1}"#)
+            .unwrap_err()
+            .contains("\"a\""));
+    }
+}

@@ -1,0 +1,304 @@
+//! The metrics file: one slab per worker, each written only by its worker's I/O thread and read by
+//! the master on scrape. Single writer per slab, so counters are plain relaxed load+store (no locked
+//! instructions on the request path) and a reader sees every entry the writer published.
+//!
+//! File: a 64-byte header (magic, layout version, slab count, slab size), then the slabs.
+//! Slab: `used` (bytes of entry area published), fixed gauges, then entries appended one after the
+//! other: `u32 key_len | u32 kind | key (padded to 8) | counters (u64 each)`. Entries are never
+//! removed, so a respawned worker reopens its slab, re-indexes it and counts on from where its
+//! predecessor stopped: totals survive crashes.
+use memmap2::{MmapMut, MmapOptions};
+use std::fs::OpenOptions;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"PGWMETR1");
+const VERSION: u64 = 1;
+const HEADER: usize = 64;
+/// Gauges and counters every slab has at a fixed place (see `G_*`).
+pub const GAUGES: usize = 24;
+const ENTRIES_AT: usize = 8 + GAUGES * 8;
+
+pub const G_CONN_ACTIVE: usize = 0;
+pub const G_CONN_ACCEPTED: usize = 1;
+pub const G_CONN_HANDLED: usize = 2;
+pub const G_REQUESTS: usize = 3;
+pub const G_INFLIGHT: usize = 4;
+pub const G_LOG_DROPPED: usize = 5;
+pub const G_SLAB_FULL: usize = 6;
+pub const G_SPANS_DROPPED: usize = 7;
+
+pub struct MetricsShm {
+    _map: MmapMut,
+    base: *mut u8,
+    slabs: usize,
+    slab_bytes: usize,
+}
+
+// SAFETY: after the header is initialised, all access to the mapping is through atomics, and only
+// the owning worker's thread appends to a slab.
+unsafe impl Send for MetricsShm {}
+// SAFETY: see above.
+unsafe impl Sync for MetricsShm {}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+impl MetricsShm {
+    pub fn create(path: &Path, slabs: usize, slab_bytes: usize) -> io::Result<MetricsShm> {
+        let slab_bytes = slab_bytes.next_multiple_of(64).max(ENTRIES_AT + 64);
+        let len = HEADER + slabs.max(1) * slab_bytes;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(len as u64)?;
+        // SAFETY: a file we just created; others map it only through `open`, which checks the header.
+        let map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
+        Ok(Self::init(map, slabs.max(1), slab_bytes))
+    }
+
+    /// A private mapping: a worker started without a master (tests, embedding).
+    pub fn anonymous(slabs: usize, slab_bytes: usize) -> io::Result<MetricsShm> {
+        let slab_bytes = slab_bytes.next_multiple_of(64).max(ENTRIES_AT + 64);
+        let map = MmapOptions::new()
+            .len(HEADER + slabs * slab_bytes)
+            .map_anon()?;
+        Ok(Self::init(map, slabs, slab_bytes))
+    }
+
+    fn init(mut map: MmapMut, slabs: usize, slab_bytes: usize) -> MetricsShm {
+        let base = map.as_mut_ptr();
+        let m = MetricsShm {
+            _map: map,
+            base,
+            slabs,
+            slab_bytes,
+        };
+        m.word(8).store(VERSION, Ordering::Relaxed);
+        m.word(16).store(slabs as u64, Ordering::Relaxed);
+        m.word(24).store(slab_bytes as u64, Ordering::Relaxed);
+        m.word(0).store(MAGIC, Ordering::Release);
+        m
+    }
+
+    pub fn open(path: &Path) -> io::Result<MetricsShm> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let flen = file.metadata()?.len() as usize;
+        if flen < HEADER {
+            return Err(invalid("metrics file too short"));
+        }
+        // SAFETY: shared mapping of a file; all access is through atomics.
+        let mut map = unsafe { MmapOptions::new().len(flen).map_mut(&file)? };
+        let base = map.as_mut_ptr();
+        let mut m = MetricsShm {
+            _map: map,
+            base,
+            slabs: 0,
+            slab_bytes: 0,
+        };
+        if m.word(0).load(Ordering::Acquire) != MAGIC
+            || m.word(8).load(Ordering::Relaxed) != VERSION
+        {
+            return Err(invalid("metrics file: bad magic or layout version"));
+        }
+        let slabs = m.word(16).load(Ordering::Relaxed) as usize;
+        let slab_bytes = m.word(24).load(Ordering::Relaxed) as usize;
+        if slab_bytes < ENTRIES_AT || HEADER + slabs * slab_bytes > flen || slab_bytes % 8 != 0 {
+            return Err(invalid("metrics file: size does not match its header"));
+        }
+        m.slabs = slabs;
+        m.slab_bytes = slab_bytes;
+        Ok(m)
+    }
+
+    pub fn slabs(&self) -> usize {
+        self.slabs
+    }
+
+    /// The 8-byte word at byte offset `off` of the mapping.
+    fn word(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off % 8 == 0);
+        // SAFETY: callers keep `off` inside the mapping and 8-aligned (the base is page aligned).
+        unsafe { &*(self.base.add(off) as *const AtomicU64) }
+    }
+
+    fn slab_at(&self, slab: usize) -> usize {
+        HEADER + slab * self.slab_bytes
+    }
+
+    pub fn gauge(&self, slab: usize, g: usize) -> &AtomicU64 {
+        assert!(slab < self.slabs && g < GAUGES);
+        self.word(self.slab_at(slab) + 8 + g * 8)
+    }
+
+    /// Read every published entry of `slab`: (kind, key, counter values).
+    pub fn entries(&self, slab: usize, mut f: impl FnMut(u32, &[u8], &[u64])) {
+        let start = self.slab_at(slab);
+        let used =
+            (self.word(start).load(Ordering::Acquire) as usize).min(self.slab_bytes - ENTRIES_AT);
+        let mut off = 0;
+        let mut values = Vec::new();
+        while off + 8 <= used {
+            let at = start + ENTRIES_AT + off;
+            let head = self.word(at).load(Ordering::Relaxed);
+            let (key_len, kind) = ((head & 0xffff_ffff) as usize, (head >> 32) as u32);
+            let n = counters_of(kind);
+            let key_words = key_len.div_ceil(8);
+            let size = 8 + key_words * 8 + n * 8;
+            if n == 0 || off + size > used {
+                break;
+            }
+            // SAFETY: the key bytes were written before `used` was published (Release/Acquire).
+            let key = unsafe { std::slice::from_raw_parts(self.base.add(at + 8), key_len) };
+            values.clear();
+            let counters_at = at + 8 + key_words * 8;
+            values.extend((0..n).map(|i| self.word(counters_at + i * 8).load(Ordering::Relaxed)));
+            f(kind, key, &values);
+            off += size;
+        }
+    }
+}
+
+/// Kinds of entries and how many counters each has.
+pub const KIND_HTTP: u32 = 1;
+pub const KIND_PLUGIN: u32 = 2;
+pub const KIND_LIMIT: u32 = 3;
+pub const KIND_UPSTREAM: u32 = 4;
+
+/// APISIX's default latency buckets (milliseconds).
+pub const BUCKETS_MS: [u64; 15] = [
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000,
+];
+/// Per histogram: one count per bucket, one for +Inf, and the sum in microseconds.
+pub const HIST_WORDS: usize = BUCKETS_MS.len() + 2;
+/// HTTP entry: requests, ingress bytes, egress bytes, then request/upstream/gateway histograms.
+pub const HTTP_WORDS: usize = 3 + 3 * HIST_WORDS;
+
+pub fn counters_of(kind: u32) -> usize {
+    match kind {
+        KIND_HTTP => HTTP_WORDS,
+        KIND_PLUGIN => 2,
+        KIND_LIMIT => 1,
+        KIND_UPSTREAM => 1,
+        _ => 0,
+    }
+}
+
+/// A worker's writer onto its own slab. Not `Sync` on purpose: one thread appends.
+pub struct SlabWriter {
+    shm: std::sync::Arc<MetricsShm>,
+    slab: usize,
+    /// kind byte + key → byte offset of the entry's first counter.
+    index: std::cell::RefCell<std::collections::HashMap<Vec<u8>, usize>>,
+}
+
+impl SlabWriter {
+    /// Attach to `slab`, indexing the entries a previous worker of the same slot left there.
+    pub fn new(shm: std::sync::Arc<MetricsShm>, slab: usize) -> SlabWriter {
+        let slab = slab % shm.slabs.max(1);
+        let w = SlabWriter {
+            shm,
+            slab,
+            index: Default::default(),
+        };
+        let start = w.shm.slab_at(slab);
+        let mut index = std::collections::HashMap::new();
+        let mut off = start + ENTRIES_AT;
+        w.shm.entries(slab, |kind, key, values| {
+            let key_words = key.len().div_ceil(8);
+            let mut k = Vec::with_capacity(key.len() + 1);
+            k.push(kind as u8);
+            k.extend_from_slice(key);
+            index.insert(k, off + 8 + key_words * 8);
+            off += 8 + key_words * 8 + values.len() * 8;
+        });
+        *w.index.borrow_mut() = index;
+        w
+    }
+
+    pub fn gauge(&self, g: usize) -> &AtomicU64 {
+        self.shm.gauge(self.slab, g)
+    }
+
+    /// Counters of the entry (`kind`, `key`), appended on first use; `None` when the slab is full.
+    /// `lookup` is `kind` as a byte followed by the key (the caller builds it in a reused buffer).
+    pub fn counters(&self, lookup: &[u8]) -> Option<Counters<'_>> {
+        let kind = lookup[0] as u32;
+        let n = counters_of(kind);
+        if let Some(&at) = self.index.borrow().get(lookup) {
+            return Some(Counters {
+                shm: &self.shm,
+                at,
+                n,
+            });
+        }
+        let key = &lookup[1..];
+        let start = self.shm.slab_at(self.slab);
+        let used_w = self.shm.word(start);
+        let used = used_w.load(Ordering::Relaxed) as usize;
+        let key_words = key.len().div_ceil(8);
+        let size = 8 + key_words * 8 + n * 8;
+        if ENTRIES_AT + used + size > self.shm.slab_bytes || key.len() > u32::MAX as usize {
+            self.gauge(G_SLAB_FULL).fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let at = start + ENTRIES_AT + used;
+        self.shm
+            .word(at)
+            .store(key.len() as u64 | (kind as u64) << 32, Ordering::Relaxed);
+        for w in 0..key_words {
+            let mut chunk = [0u8; 8];
+            let part = &key[w * 8..key.len().min(w * 8 + 8)];
+            chunk[..part.len()].copy_from_slice(part);
+            self.shm
+                .word(at + 8 + w * 8)
+                .store(u64::from_ne_bytes(chunk), Ordering::Relaxed);
+        }
+        let counters_at = at + 8 + key_words * 8;
+        // Publish: readers see the entry only once `used` covers it.
+        used_w.store((used + size) as u64, Ordering::Release);
+        self.index.borrow_mut().insert(lookup.to_vec(), counters_at);
+        Some(Counters {
+            shm: &self.shm,
+            at: counters_at,
+            n,
+        })
+    }
+}
+
+/// The counters of one entry. Only the slab's owner holds these, so adds are load + store.
+pub struct Counters<'a> {
+    shm: &'a MetricsShm,
+    at: usize,
+    n: usize,
+}
+
+impl Counters<'_> {
+    pub fn add(&self, i: usize, v: u64) {
+        if i < self.n {
+            let w = self.shm.word(self.at + i * 8);
+            w.store(w.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
+        }
+    }
+    pub fn set(&self, i: usize, v: u64) {
+        if i < self.n {
+            self.shm.word(self.at + i * 8).store(v, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Add one observation (microseconds) to the histogram whose first word is `first`.
+pub fn observe(c: &Counters<'_>, first: usize, us: u64) {
+    let ms_x1000 = us;
+    let bucket = BUCKETS_MS
+        .iter()
+        .position(|&b| ms_x1000 <= b * 1000)
+        .unwrap_or(BUCKETS_MS.len());
+    c.add(first + bucket, 1);
+    c.add(first + BUCKETS_MS.len() + 1, us);
+}

@@ -1,0 +1,227 @@
+//! What a finished request leaves behind: its metrics sample and its access log line, both made in
+//! Rust when the response body is done (or dropped), never by Python.
+use crate::accesslog::{AccessLog, Capture, Done};
+use crate::metrics::shm::{G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_LOG_DROPPED};
+use crate::metrics::{HttpSample, Recorder};
+use crate::proxy::body::GwBody;
+use crate::proxy::table::{RouteObs, Upstream};
+use http::Response;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A worker's observability sinks.
+pub struct Observer {
+    pub rec: Recorder,
+    pub log: Option<AccessLog>,
+}
+
+impl Observer {
+    pub fn conn_opened(&self) {
+        self.rec.bump(G_CONN_ACCEPTED, 1);
+        self.rec.bump(G_CONN_HANDLED, 1);
+        self.rec.bump(G_CONN_ACTIVE, 1);
+    }
+    pub fn conn_closed(&self) {
+        self.rec.bump(G_CONN_ACTIVE, -1);
+    }
+    /// Hand buffered log lines to the writer (the periodic flush and shutdown call this).
+    pub fn flush_log(&self) {
+        if let Some(log) = &self.log {
+            let dropped = log.flush();
+            if dropped > 0 {
+                self.rec.bump(G_LOG_DROPPED, dropped as i64);
+            }
+        }
+    }
+}
+
+/// The upstream node a request went to.
+pub enum NodeRef {
+    Pool(Arc<Upstream>, usize),
+    /// Chosen by a plugin.
+    Custom(String, u16),
+}
+
+impl NodeRef {
+    fn addr(&self) -> (&str, u16) {
+        match self {
+            NodeRef::Pool(u, i) => (u.nodes[*i].addr_host.as_str(), u.nodes[*i].port),
+            NodeRef::Custom(h, p) => (h.as_str(), *p),
+        }
+    }
+}
+
+/// Filled in by the request path as it learns things.
+#[derive(Default)]
+pub struct Exchange {
+    pub route: Option<Arc<RouteObs>>,
+    /// Record metrics for this request (the route's `prometheus`, or a global one for a 404).
+    pub metrics: bool,
+    /// The request path needs to fill in the consumer (metrics or the log use it).
+    pub wants_consumer: bool,
+    pub consumer: Option<String>,
+    pub node: Option<NodeRef>,
+    /// Nodes that refused a connection before the one that answered (passive health).
+    pub failed: Vec<NodeRef>,
+    pub upstream_us: Option<u64>,
+    pub upstream_status: Option<u16>,
+    pub trace_id: Option<String>,
+}
+
+/// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id<B>(req: &http::Request<B>) -> Option<String> {
+    let v = req.headers().get("traceparent")?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (ver, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = hex(ver, 2) && ver != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2);
+    (ok && trace.bytes().any(|b| b != b'0')).then(|| trace.to_ascii_lowercase())
+}
+
+/// Bytes of a request head as received (request line + headers), for `$request_length`/ingress.
+pub fn head_len<B>(req: &http::Request<B>) -> u64 {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let body = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    (line + headers + 2 + body) as u64
+}
+
+fn resp_head_len(r: &Response<GwBody>) -> u64 {
+    let headers: usize = r
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    // Status line plus the Date/Content-Length hyper adds (approximately).
+    (17 + headers + 60) as u64
+}
+
+/// Wrap the response so its end records metrics and the access log line; untouched when neither
+/// is wanted for this request.
+pub fn meter(
+    obs: &Rc<Observer>,
+    resp: Response<GwBody>,
+    ex: Exchange,
+    started: Instant,
+    ingress: u64,
+    capture: Option<Box<Capture>>,
+) -> Response<GwBody> {
+    record_health(obs, &ex);
+    if !ex.metrics && capture.is_none() {
+        return resp;
+    }
+    let status = resp.status().as_u16();
+    let head = resp_head_len(&resp);
+    let (parts, body) = resp.into_parts();
+    let meter = Meter {
+        obs: obs.clone(),
+        ex,
+        started,
+        status,
+        head,
+        body_bytes: 0,
+        ingress,
+        capture,
+    };
+    Response::from_parts(parts, GwBody::Metered(Box::new((body, meter))))
+}
+
+fn record_health(obs: &Observer, ex: &Exchange) {
+    let report = |n: &NodeRef, ok: bool| {
+        if let NodeRef::Pool(u, i) = n {
+            let want = if ok { 1 } else { 2 };
+            // Written on change only: the common path is one relaxed load.
+            if u.nodes[*i].health.swap(want, Ordering::Relaxed) != want {
+                obs.rec
+                    .upstream_health(&u.name, &u.nodes[*i].addr_host, u.nodes[*i].port, ok);
+            }
+        }
+    };
+    for n in &ex.failed {
+        report(n, false);
+    }
+    if let (Some(n), Some(_)) = (&ex.node, ex.upstream_status) {
+        report(n, true);
+    }
+}
+
+/// Rides along with a response body; records when the body is finished or dropped.
+pub struct Meter {
+    obs: Rc<Observer>,
+    ex: Exchange,
+    started: Instant,
+    status: u16,
+    head: u64,
+    pub body_bytes: u64,
+    ingress: u64,
+    capture: Option<Box<Capture>>,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let request_us = self.started.elapsed().as_micros() as u64;
+        let ex = &self.ex;
+        let (route, label, service, muri, mhost) = match &ex.route {
+            Some(r) => (
+                &*r.id,
+                &*r.label,
+                r.service.as_str(),
+                r.matched_uri.as_str(),
+                r.matched_host.as_str(),
+            ),
+            None => ("", "", "", "", ""),
+        };
+        let addr = ex.node.as_ref().map(NodeRef::addr);
+        let consumer = ex.consumer.as_deref().unwrap_or("");
+        if ex.metrics {
+            self.obs.rec.http(&HttpSample {
+                code: self.status,
+                route: label,
+                matched_uri: muri,
+                matched_host: mhost,
+                service,
+                consumer,
+                node: addr.map_or("", |a| a.0),
+                ingress: self.ingress,
+                egress: self.head + self.body_bytes,
+                request_us,
+                upstream_us: ex.upstream_us,
+            });
+        }
+        if let (Some(log), Some(c)) = (&self.obs.log, &self.capture) {
+            let dropped = log.log(
+                c,
+                &Done {
+                    status: self.status,
+                    body_bytes: self.body_bytes,
+                    bytes_sent: self.head + self.body_bytes,
+                    request_length: self.ingress,
+                    request_us,
+                    upstream_addr: addr,
+                    upstream_status: ex.upstream_status,
+                    upstream_us: ex.upstream_us,
+                    route_id: route,
+                    service_id: service,
+                    consumer,
+                    trace_id: ex.trace_id.as_deref().unwrap_or(""),
+                },
+            );
+            if dropped > 0 {
+                self.obs.rec.bump(G_LOG_DROPPED, dropped as i64);
+            }
+        }
+    }
+}
