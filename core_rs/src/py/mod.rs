@@ -243,7 +243,7 @@ pub struct Metrics {
 impl Metrics {
     /// `create=True` (the master) makes a fresh file with `workers` slabs of `slab_bytes`.
     #[new]
-    #[pyo3(signature = (path, workers=1, slab_bytes=4 << 20, create=false))]
+    #[pyo3(signature = (path, workers=1, slab_bytes=4_194_304, create=false))]
     fn new(path: &str, workers: usize, slab_bytes: usize, create: bool) -> PyResult<Metrics> {
         let p = std::path::Path::new(path);
         let shm = if create {
