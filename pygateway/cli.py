@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--access-log", help="access log: a file path, or stdout (default: none)")
     run.add_argument("--access-log-format",
                      help="json (default), combined, a JSON object of field: $variable, or a $variable template")
+    run.add_argument("--otlp-endpoint", help="OTLP/HTTP collector for opentelemetry spans (default http://127.0.0.1:4318)")
+    run.add_argument("--otlp-service-name", help="service.name of exported spans (default pygateway)")
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
     val.add_argument("--plugin-dir", action="append", default=[])
@@ -109,6 +111,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "no_metrics": False,
     "access_log": None,
     "access_log_format": "json",
+    "otlp_endpoint": "http://127.0.0.1:4318",
+    "otlp_service_name": "pygateway",
 }
 _ENV = {"admin_key": "PYGATEWAY_ADMIN_KEY", "viewer_key": "PYGATEWAY_VIEWER_KEY"}
 
@@ -216,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
         metrics_listen=None if args.no_metrics else args.metrics_listen,
         access_log=None if args.access_log in (None, "off") else args.access_log,
         access_log_format=args.access_log_format,
+        otlp_endpoint=None if args.otlp_endpoint in ("", "off") else args.otlp_endpoint,
+        otlp_service_name=args.otlp_service_name,
     )  # fmt: skip
     if args.allow_admin:
         settings.allow_admin = list(args.allow_admin)

@@ -626,13 +626,16 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     global_entries = [p for rule in cfg.global_rules.values() for p in rule.plugins.values() if not p.disabled]
     global_plugins = _sorted_pairs(p for p in global_entries if not p.cls.native)
     snapshot: dict[str, Any] = {"version": version, "routes": routes}
-    # A global `prometheus` counts every request, matched or not; a route's own conf wins.
-    prom = next((p for p in global_entries if p.cls.name == "prometheus"), None)
-    if prom is not None:
-        conf = msgspec.to_builtins(prom.conf)
-        snapshot["routes"] = [{**r, "plugins": {"prometheus": conf, **r["plugins"]}} for r in routes]
-        snapshot["metrics_unmatched"] = True
+    # Global `prometheus` / `opentelemetry` act on every route (a route's own conf wins); a global
+    # `prometheus` also counts requests that match no route.
+    per_route = {p.cls.name: msgspec.to_builtins(p.conf) for p in global_entries if p.cls.name in _GLOBAL_NATIVE}
+    if per_route:
+        snapshot["routes"] = [{**r, "plugins": {**per_route, **r["plugins"]}} for r in routes]
+        snapshot["metrics_unmatched"] = "prometheus" in per_route
     return snapshot, python_plugins, global_plugins
+
+
+_GLOBAL_NATIVE = ("prometheus", "opentelemetry")
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).

@@ -86,6 +86,8 @@ class Settings:
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9091)  # None: no metrics/status port
     access_log: str | None = None  # a file path, "stdout", or None
     access_log_format: str = "json"
+    otlp_endpoint: str | None = "http://127.0.0.1:4318"  # where `opentelemetry` spans go
+    otlp_service_name: str = "pygateway"
 
 
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
@@ -257,6 +259,8 @@ class Master:
         if self.s.access_log:
             where = f"fd:{self._log_fd}" if self._log_fd is not None else self.s.access_log
             cmd += ["--access-log", where, "--access-log-format", self.s.access_log_format]
+        if self.s.otlp_endpoint:
+            cmd += ["--otlp-endpoint", self.s.otlp_endpoint, "--otlp-service-name", self.s.otlp_service_name]
         fds = (self._log_fd,) if self._log_fd is not None else ()
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds)
         assert proc.stdout is not None

@@ -62,4 +62,34 @@ class Prometheus(Plugin):
         prefer_name: bool = False
 
 
-NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus)
+class SamplerRoot(msgspec.Struct, forbid_unknown_fields=True):
+    name: Literal["always_on", "always_off", "trace_id_ratio"] = "always_off"
+    options: SamplerRootOptions | None = None
+
+
+class SamplerRootOptions(msgspec.Struct, forbid_unknown_fields=True):
+    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+
+class SamplerOptions(msgspec.Struct, forbid_unknown_fields=True):
+    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    root: SamplerRoot | None = None
+
+
+class Sampler(msgspec.Struct, forbid_unknown_fields=True):
+    name: Literal["always_on", "always_off", "trace_id_ratio", "parent_base"] = "always_off"
+    options: SamplerOptions | None = None
+
+
+class OpenTelemetry(Plugin):
+    """W3C trace context (continued or started, passed to the upstream) and OTLP spans per request."""
+
+    name = "opentelemetry"
+    priority = 12009
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        sampler: Sampler = msgspec.field(default_factory=Sampler)
+
+
+NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus, OpenTelemetry)

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics")
     p.add_argument("--access-log")
     p.add_argument("--access-log-format", default="json")
+    p.add_argument("--otlp-endpoint")
+    p.add_argument("--otlp-service-name", default="pygateway")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, PluginLoadError) as exc:
         _say({"fatal": str(exc)})
         return 1
+    if args.otlp_endpoint:
+        from pygateway.otel import Exporter
+
+        Exporter(worker.drain_spans, args.otlp_endpoint, args.otlp_service_name).start()
     loop = AsyncLoop()
     worker.set_async_submit(loop.submit)
     threading.Thread(target=_reader, args=(worker, registry), name="pygateway-config", daemon=True).start()

@@ -5,6 +5,7 @@ pub mod lb;
 pub mod normalize;
 pub mod observe;
 pub mod table;
+pub mod trace;
 pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
@@ -223,6 +224,18 @@ pub async fn handle(
     ex.metrics = route.obs.metrics;
     ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
     ex.route = Some(route.obs.clone());
+    if let Some(conf) = &route.otel {
+        let tp = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        let t = trace::TraceCtx::start(conf, tp);
+        ex.trace_id = Some(trace::hex(&t.trace));
+        if t.sampled {
+            ex.span_target = Some((req.method().clone(), req.uri().to_string()));
+        }
+        ex.trace = Some(t);
+    }
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
@@ -367,6 +380,11 @@ pub async fn handle(
         }
     }
 
+    if let Some(t) = &ex.trace {
+        if let Ok(v) = HeaderValue::from_str(&t.upstream_header()) {
+            out.headers.insert("traceparent", v);
+        }
+    }
     let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host, ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
@@ -647,6 +665,9 @@ async fn proxy_to_upstream(
             std::time::Instant::now()
         });
         let sent_at = std::time::Instant::now();
+        if ex.span_target.is_some() {
+            ex.upstream_start_ns = trace::unix_ns();
+        }
         let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
         let took = sent_at.elapsed();
         if let (Some(i), Some(t)) = (tracked, started) {

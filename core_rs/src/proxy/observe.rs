@@ -1,10 +1,13 @@
 //! What a finished request leaves behind: its metrics sample and its access log line, both made in
 //! Rust when the response body is done (or dropped), never by Python.
 use crate::accesslog::{AccessLog, Capture, Done};
-use crate::metrics::shm::{G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_LOG_DROPPED};
+use crate::metrics::shm::{
+    G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_LOG_DROPPED, G_SPANS_DROPPED,
+};
 use crate::metrics::{HttpSample, Recorder};
 use crate::proxy::body::GwBody;
 use crate::proxy::table::{RouteObs, Upstream};
+use crate::proxy::trace::{self, Span, SpanQueue, TraceCtx};
 use http::Response;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -15,6 +18,7 @@ use std::time::Instant;
 pub struct Observer {
     pub rec: Recorder,
     pub log: Option<AccessLog>,
+    pub spans: Arc<SpanQueue>,
 }
 
 impl Observer {
@@ -68,6 +72,11 @@ pub struct Exchange {
     pub upstream_us: Option<u64>,
     pub upstream_status: Option<u16>,
     pub trace_id: Option<String>,
+    /// Trace context on routes with the `opentelemetry` plugin.
+    pub trace: Option<TraceCtx>,
+    /// Method and target of a sampled request (span attributes).
+    pub span_target: Option<(http::Method, String)>,
+    pub upstream_start_ns: u64,
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -120,7 +129,7 @@ pub fn meter(
     capture: Option<Box<Capture>>,
 ) -> Response<GwBody> {
     record_health(obs, &ex);
-    if !ex.metrics && capture.is_none() {
+    if !ex.metrics && capture.is_none() && ex.span_target.is_none() {
         return resp;
     }
     let status = resp.status().as_u16();
@@ -201,6 +210,21 @@ impl Drop for Meter {
                 upstream_us: ex.upstream_us,
             });
         }
+        if let (Some(t), Some((method, target))) = (&ex.trace, &ex.span_target) {
+            let dropped = self.obs.spans.push(spans(
+                t,
+                method,
+                target,
+                self.status,
+                ex,
+                route,
+                consumer,
+                addr,
+            ));
+            if dropped > 0 {
+                self.obs.rec.bump(G_SPANS_DROPPED, dropped as i64);
+            }
+        }
         if let (Some(log), Some(c)) = (&self.obs.log, &self.capture) {
             let dropped = log.log(
                 c,
@@ -224,4 +248,69 @@ impl Drop for Meter {
             }
         }
     }
+}
+
+/// The gateway's server span and, when the upstream was called, its client span.
+#[allow(clippy::too_many_arguments)]
+fn spans(
+    t: &TraceCtx,
+    method: &http::Method,
+    target: &str,
+    status: u16,
+    ex: &Exchange,
+    route: &str,
+    consumer: &str,
+    addr: Option<(&str, u16)>,
+) -> Vec<Span> {
+    let end = trace::unix_ns();
+    let route_name = ex.route.as_ref().map_or("", |r| r.name.as_str());
+    let mut attrs = vec![
+        ("http.method", method.to_string()),
+        ("http.target", target.to_string()),
+        ("http.status_code", status.to_string()),
+        ("apisix.route_id", route.to_string()),
+        ("apisix.route_name", route_name.to_string()),
+    ];
+    if let Some(r) = &ex.route {
+        if !r.service.is_empty() {
+            attrs.push(("apisix.service_id", r.service.clone()));
+        }
+    }
+    if !consumer.is_empty() {
+        attrs.push(("apisix.consumer", consumer.to_string()));
+    }
+    let matched = ex.route.as_ref().map_or("", |r| r.matched_uri.as_str());
+    let mut out = vec![Span {
+        trace: t.trace,
+        span: t.server_span,
+        parent: t.parent,
+        kind: trace::KIND_SERVER,
+        name: format!("{method} {matched}"),
+        start_ns: t.start_unix_ns,
+        end_ns: end,
+        error: status >= 500,
+        attrs,
+    }];
+    if let (Some((host, port)), Some(us)) = (addr, ex.upstream_us) {
+        let start = ex.upstream_start_ns;
+        out.push(Span {
+            trace: t.trace,
+            span: t.client_span,
+            parent: Some(t.server_span),
+            kind: trace::KIND_CLIENT,
+            name: format!("upstream {method}"),
+            start_ns: start,
+            end_ns: start + us * 1000,
+            error: ex.upstream_status.is_none_or(|s| s >= 500),
+            attrs: vec![
+                ("net.peer.name", host.to_string()),
+                ("net.peer.port", port.to_string()),
+                (
+                    "http.status_code",
+                    ex.upstream_status.unwrap_or(0).to_string(),
+                ),
+            ],
+        });
+    }
+    out
 }

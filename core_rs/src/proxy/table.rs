@@ -29,6 +29,8 @@ pub struct CompiledRoute {
     pub chain: Option<Arc<PyChain>>,
     /// Labels for metrics and the access log.
     pub obs: Arc<RouteObs>,
+    /// The `opentelemetry` plugin: trace context and spans.
+    pub otel: Option<crate::proxy::trace::OtelConf>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -36,6 +38,7 @@ pub struct RouteObs {
     pub id: Arc<str>,
     /// `route` label: the id, or the name with `prometheus.prefer_name`.
     pub label: Arc<str>,
+    pub name: String,
     pub service: String,
     pub matched_uri: String,
     pub matched_host: String,
@@ -324,6 +327,7 @@ fn compile_route(
             _ => id.clone(),
         },
         id: id.clone(),
+        name: r.name.clone().unwrap_or_default(),
         service: r.service_id.clone().unwrap_or_default(),
         matched_uri: r.uris.first().cloned().unwrap_or_default(),
         matched_host: r.hosts.first().cloned().unwrap_or_default(),
@@ -338,6 +342,7 @@ fn compile_route(
         limit_count,
         chain,
         obs: Arc::new(obs),
+        otel: plugin_conf(r, "opentelemetry")?,
     })
 }
 

@@ -12,6 +12,7 @@ use crate::metrics::shm::MetricsShm;
 use crate::metrics::Recorder;
 use crate::proxy::observe::Observer;
 use crate::proxy::table::RouteTable;
+use crate::proxy::trace::{hex, SpanQueue};
 use crate::proxy::vars::ReqVars;
 use crate::proxy::Shared;
 use crate::server::{self, Limits};
@@ -65,6 +66,8 @@ pub struct Worker {
     stop_tx: tokio::sync::watch::Sender<bool>,
     /// Metrics slab and access log; moved onto the I/O thread by `run()`.
     observer: Mutex<Option<Observer>>,
+    /// Finished trace spans, drained by the exporter thread.
+    spans: Arc<SpanQueue>,
 }
 
 #[pymethods]
@@ -85,6 +88,7 @@ impl Worker {
         access_log_format: &str,
     ) -> PyResult<Worker> {
         let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
+        let spans = observer.spans.clone();
         let shm = match shm_path {
             Some(p) => ShmTable::open(std::path::Path::new(p)),
             None => ShmTable::anonymous(65_536),
@@ -106,7 +110,45 @@ impl Worker {
             submit: Mutex::new(None),
             stop_tx,
             observer: Mutex::new(Some(observer)),
+            spans,
         })
+    }
+
+    /// Up to `max` finished spans as tuples `(trace_id, span_id, parent_id | None, kind, name,
+    /// start_ns, end_ns, error, [(key, value)])` with ids in hex (for the OTLP exporter).
+    #[pyo3(signature = (max=512))]
+    #[allow(clippy::type_complexity)]
+    fn drain_spans(
+        &self,
+        max: usize,
+    ) -> Vec<(
+        String,
+        String,
+        Option<String>,
+        u8,
+        String,
+        u64,
+        u64,
+        bool,
+        Vec<(&'static str, String)>,
+    )> {
+        self.spans
+            .drain(max)
+            .into_iter()
+            .map(|s| {
+                (
+                    hex(&s.trace),
+                    hex(&s.span),
+                    s.parent.map(|p| hex(&p)),
+                    s.kind,
+                    s.name,
+                    s.start_ns,
+                    s.end_ns,
+                    s.error,
+                    s.attrs,
+                )
+            })
+            .collect()
     }
 
     /// Bind the listening socket (SO_REUSEPORT). Raises OSError naming the address on failure.
@@ -230,6 +272,7 @@ fn observer(
     Ok(Observer {
         rec: Recorder::new(Arc::new(shm), worker_id),
         log,
+        spans: Default::default(),
     })
 }
 
