@@ -63,8 +63,10 @@ class Scenario:
     name: str
     server: str  # "nginx" | "gateway"
     path: str
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # values may name {jwt_hs256} / {jwt_rs256}
     desc: str = ""
+    auth: bool = False  # the check also expects 401 without `headers`
+    expect_headers: tuple[str, ...] = ()  # response headers the plugins must have added (checked first)
 
 
 SCENARIOS = [
@@ -72,30 +74,127 @@ SCENARIOS = [
     Scenario("gw-plain", "gateway", "/plain", desc="pygateway, no plugins"),
     Scenario("gw-noop", "gateway", "/noop", desc="pygateway + no-op Python plugin"),
     Scenario(
-        "gw-keycheck", "gateway", "/keyauth", {"apikey": "key-1"}, "pygateway + key-check Python plugin"
+        "gw-keycheck", "gateway", "/keyauth", {"apikey": "key-1"}, "pygateway + key-check Python plugin", True
     ),
     Scenario("gw-limit-req", "gateway", "/limited", desc="pygateway + limit-req (native)"),
+    Scenario("gw-key-auth", "gateway", "/key-auth", {"apikey": "bench-key-1"}, "key-auth", True),
+    Scenario(
+        "gw-jwt-hs256", "gateway", "/jwt", {"authorization": "Bearer {jwt_hs256}"}, "jwt-auth HS256", True
+    ),
+    Scenario(
+        "gw-jwt-rs256", "gateway", "/jwt", {"authorization": "Bearer {jwt_rs256}"}, "jwt-auth RS256", True
+    ),
+    Scenario(
+        "gw-key-auth-limit",
+        "gateway",
+        "/key-auth-limited",
+        {"apikey": "bench-key-1"},
+        "key-auth + limit-count (local, never reached)",
+        True,
+        ("x-ratelimit-remaining",),
+    ),
+    Scenario(
+        "gw-cors-reqid-rewrite",
+        "gateway",
+        "/combo",
+        {"origin": "http://bench.example"},
+        "cors + request-id + proxy-rewrite",
+        False,
+        ("access-control-allow-origin", "x-request-id"),
+    ),
 ]
+BASELINES = ("nginx-plain", "gw-plain")
 
-GATEWAY_CONFIG = """\
-routes:
-  - id: plain
-    uri: /plain
-    upstream: {{nodes: {{"127.0.0.1:{up}": 1}}}}
-  - id: limited
-    uri: /limited
-    plugins: {{limit-req: {{rate: 1000000, burst: 1000000, nodelay: true}}}}
-    upstream: {{nodes: {{"127.0.0.1:{up}": 1}}}}
-  - id: noop
-    uri: /noop
-    plugins: {{bench-noop: {{}}}}
-    upstream: {{nodes: {{"127.0.0.1:{up}": 1}}}}
-  - id: keyauth
-    uri: /keyauth
-    plugins: {{bench-keycheck: {{}}}}
-    upstream: {{nodes: {{"127.0.0.1:{up}": 1}}}}
-plugin_dirs: ["{plugins}"]
-"""
+JWT_HS256_SECRET = "bench-hs256-secret-0123456789abcdef"
+
+
+def gateway_config(up: int, plugins: Path, rsa_public_pem: str) -> str:
+    """The gateway's standalone config (JSON is YAML): one route per scenario path."""
+
+    def r(rid: str, uri: str, plugins: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "uri": uri,
+            "plugins": plugins or {},
+            "upstream": {"nodes": {f"127.0.0.1:{up}": 1}},
+        }
+
+    cfg = {
+        "routes": [
+            r("plain", "/plain"),
+            r("limited", "/limited", {"limit-req": {"rate": 1000000, "burst": 1000000, "nodelay": True}}),
+            r("noop", "/noop", {"bench-noop": {}}),
+            r("keyauth", "/keyauth", {"bench-keycheck": {}}),
+            r("key-auth", "/key-auth", {"key-auth": {}}),
+            r("jwt", "/jwt", {"jwt-auth": {}}),
+            # counts per consumer; 16M (the native counter's ceiling) is never reached in one server's life
+            r(
+                "key-auth-limited",
+                "/key-auth-limited",
+                {
+                    "key-auth": {},
+                    "limit-count": {"count": 16000000, "time_window": 3600, "key": "consumer_name"},
+                },
+            ),
+            # the upstream answers 404 on /combo: a 200 proves proxy-rewrite ran
+            r(
+                "combo",
+                "/combo",
+                {
+                    "cors": {},
+                    "request-id": {},
+                    "proxy-rewrite": {"uri": "/rewritten", "headers": {"set": {"X-Bench": "1"}}},
+                },
+            ),
+        ],
+        "consumers": [
+            {"username": "bench_key", "plugins": {"key-auth": {"key": "bench-key-1"}}},
+            {"username": "bench_hs", "plugins": {"jwt-auth": {"key": "user-hs", "secret": JWT_HS256_SECRET}}},
+            {
+                "username": "bench_rs",
+                "plugins": {
+                    "jwt-auth": {"key": "user-rs", "algorithm": "RS256", "public_key": rsa_public_pem},
+                },
+            },
+        ],
+        "plugin_dirs": [str(plugins)],
+    }
+    return json.dumps(cfg, indent=1)
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwts(work: Path) -> tuple[dict[str, str], str]:
+    """Precomputed tokens ({jwt_hs256, jwt_rs256}) and the RSA public key (PEM), via hmac and openssl."""
+    import hashlib
+    import hmac
+
+    def signing_input(alg: str, key: str) -> bytes:
+        head = _b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+        return f"{head}.{_b64url(json.dumps({'key': key}).encode())}".encode()
+
+    hs = signing_input("HS256", "user-hs")
+    hs_sig = hmac.new(JWT_HS256_SECRET.encode(), hs, hashlib.sha256).digest()
+    key, data = work / "rsa.pem", work / "rs.input"
+
+    def run(*cmd: str) -> bytes:
+        return subprocess.run(list(cmd), capture_output=True, check=True, timeout=60).stdout
+
+    run("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(key))
+    public_pem = run("openssl", "pkey", "-in", str(key), "-pubout").decode()
+    rs = signing_input("RS256", "user-rs")
+    data.write_bytes(rs)
+    rs_sig = run("openssl", "dgst", "-sha256", "-sign", str(key), str(data))
+    tokens = {
+        "jwt_hs256": f"{hs.decode()}.{_b64url(hs_sig)}",
+        "jwt_rs256": f"{rs.decode()}.{_b64url(rs_sig)}",
+    }
+    return tokens, public_pem
+
 
 UPSTREAM_NGINX = """\
 worker_processes 1;
@@ -109,7 +208,11 @@ http {{
   uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;
   keepalive_timeout 75s;
   keepalive_requests 1000000;
-  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello"; }} }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 "hello"; }}
+    location = /combo {{ return 404 "not rewritten"; }}
+  }}
 }}
 """
 
@@ -277,8 +380,8 @@ def free_port() -> int:
 
 def http_get(
     port: int, path: str, headers: dict[str, str], n: int = 1, timeout: float = 3.0
-) -> list[tuple[int, bytes]]:
-    """n GETs on ONE keep-alive connection; [(status, body)]."""
+) -> list[tuple[int, bytes, dict[str, str]]]:
+    """n GETs on ONE keep-alive connection; [(status, body, lower-cased headers)]."""
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -287,7 +390,7 @@ def http_get(
         for _ in range(n):
             conn.request("GET", path, headers=headers)
             r = conn.getresponse()
-            out.append((r.status, r.read()))
+            out.append((r.status, r.read(), {k.lower(): v for k, v in r.getheaders()}))
         return out
     finally:
         conn.close()
@@ -378,6 +481,7 @@ class Bench:
         self.procs = Procs()
         self.work = Path(tempfile.mkdtemp(prefix="pygw-macro-"))
         self.up_port = 0
+        self.rsa_public_pem = ""  # set with the JWT tokens at the start of run()
         self.gw_python = args.python or sys.executable
         self.gw_env = dict(os.environ)
         self.gw_env.pop("PYTHONSTARTUP", None)
@@ -444,7 +548,7 @@ class Bench:
             timeout = 15.0
         else:
             cfg = d / "apisix.yaml"
-            cfg.write_text(GATEWAY_CONFIG.format(up=self.up_port, plugins=PLUGIN_DIR))
+            cfg.write_text(gateway_config(self.up_port, PLUGIN_DIR, self.rsa_public_pem))
             cmd = [
                 self.gw_python,
                 "-m",
@@ -484,10 +588,13 @@ class Bench:
 
     def check(self, sc: Scenario, port: int) -> None:
         res = http_get(port, sc.path, sc.headers, n=2)
-        if [s for s, _ in res] != [200, 200] or any(b != b"hello" for _, b in res):
+        if [s for s, _, _ in res] != [200, 200] or any(b != b"hello" for _, b, _ in res):
             raise RuntimeError(f"{sc.name}: expected 200 'hello' twice on one connection, got {res!r}")
-        if sc.headers:  # the plugin must actually be in the path: without the key -> 401
-            ((status, body),) = http_get(port, sc.path, {}, n=1)
+        missing = [h for h in sc.expect_headers for _, _, hdrs in res if h not in hdrs]
+        if missing:
+            raise RuntimeError(f"{sc.name}: response lacks {missing} (plugin not in the path?)")
+        if sc.auth:  # the plugin must actually be in the path: without the key -> 401
+            ((status, body, _),) = http_get(port, sc.path, {}, n=1)
             if status != 401:
                 raise RuntimeError(f"{sc.name}: expected 401 without credentials, got {status} {body!r}")
 
@@ -549,6 +656,9 @@ class Bench:
             f"wrk -t1 -c{self.a.conns} -d{self.a.duration}s, warm-up {self.a.warmup}s, {self.a.rounds} round(s)"
         )
         scenarios = [s for s in SCENARIOS if not self.a.only or s.name in self.a.only]
+        tokens, self.rsa_public_pem = make_jwts(self.work)
+        for sc in scenarios:
+            sc.headers = {k: v.format(**tokens) for k, v in sc.headers.items()}
         rows: list[dict[str, Any]] = []
         for rnd in range(1, self.a.rounds + 1):
             order = scenarios if rnd % 2 else [scenarios[0], *reversed(scenarios[1:])]
@@ -669,11 +779,9 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> dict[str
         s["rps_vs_nginx"] = ratio(s["rps"], ng.get("rps"))
         s["cpu_vs_nginx"] = ratio(s["cpu_us_per_req"], ng.get("cpu_us_per_req"))
         s["p99_vs_nginx"] = ratio(s["p99_ms"], ng.get("p99_ms"))
-        s["cpu_vs_plain"] = (
-            ratio(s["cpu_us_per_req"], pl.get("cpu_us_per_req"))
-            if name not in ("nginx-plain", "gw-plain")
-            else None
-        )
+        baseline = name in BASELINES
+        s["cpu_vs_plain"] = None if baseline else ratio(s["cpu_us_per_req"], pl.get("cpu_us_per_req"))
+        s["rps_vs_plain"] = None if baseline else ratio(s["rps"], pl.get("rps"))
     return out
 
 
@@ -734,6 +842,7 @@ def print_report(result: dict[str, Any]) -> None:
         "req/s vs nginx",
         "CPU/req vs nginx",
         "p99 vs nginx",
+        "req/s vs gw plain",
         "CPU/req vs gw plain",
         "srv CPU%",
         "load CPU%",
@@ -753,6 +862,7 @@ def print_report(result: dict[str, Any]) -> None:
                 _f(s["rps_vs_nginx"], ".2f") + mark(name, "rps_vs_nginx"),
                 _f(s["cpu_vs_nginx"], ".2f") + mark(name, "cpu_vs_nginx"),
                 _f(s["p99_vs_nginx"], ".2f") + mark(name, "p99_vs_nginx"),
+                _f(s["rps_vs_plain"], ".2f"),
                 _f(s["cpu_vs_plain"], ".2f") + mark(name, "cpu_vs_plain"),
                 _f(s["server_cpu_pct"], ".0f"),
                 _f(s["load_cpu_pct"], ".0f"),
@@ -802,6 +912,11 @@ def main() -> int:
         choices=[s.name for s in SCENARIOS],
         help="run just this scenario (repeatable; ratios need nginx-plain and gw-plain)",
     )
+    ap.add_argument(
+        "--scenarios",
+        help="comma-separated scenarios to run, plus the baselines nginx-plain and gw-plain the ratios need "
+        f"(choices: {', '.join(s.name for s in SCENARIOS)})",
+    )
     ap.add_argument("--python", help="interpreter that runs pygateway (default: this one)")
     ap.add_argument("--server-cpu", default="1", help="taskset CPU list of the server under test")
     ap.add_argument("--load-cpu", default="0", help="taskset CPU list of wrk and the upstream")
@@ -814,6 +929,12 @@ def main() -> int:
     ap.add_argument("--retries", type=int, default=1, help="re-runs of a noisy measurement")
     ap.add_argument("--keep-tmp", action="store_true", help="keep configs, logs and wrk outputs")
     args = ap.parse_args()
+    if args.scenarios:
+        picked = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+        unknown = sorted(set(picked) - {s.name for s in SCENARIOS})
+        if unknown:
+            ap.error(f"--scenarios: unknown {', '.join(unknown)}")
+        args.only = list(dict.fromkeys([*args.only, *BASELINES, *picked]))
     if args.quick:
         args.rounds, args.duration, args.warmup, args.retries = 1, 3.0, 1.0, 0
     for tool in ("nginx", "wrk", "taskset"):

@@ -85,7 +85,9 @@ class Compiled:
                 plugin = registry.get(name)
                 if plugin is None:
                     raise ValueError(f"plugin {name!r} is not installed in this worker")
-                instance = plugin(plugin.parse_config(conf))
+                parsed = plugin.parse_config(conf)
+                plugin = plugin.for_config(parsed)
+                instance = plugin(parsed)
                 if plugin.ConsumerConfig is not None:
                     instance.credentials = credentials_of(plugin)
                     instance.consumers = {}

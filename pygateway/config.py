@@ -559,7 +559,9 @@ def _validate_plugin(
     except (ValueError, TypeError) as e:  # a plugin's own parse_config may check beyond msgspec
         errors.append(f"{label}: {e}")
         return None
-    return PluginConf(cls=cls, conf=parsed, disabled=disabled)
+    # One name may have several implementations picked by config (limit-count's `policy`).
+    impl = cls if schema is not None else cls.for_config(parsed)
+    return PluginConf(cls=impl, conf=parsed, disabled=disabled)
 
 
 def _reference_errors(cfg: Config, invalid: dict[str, set[str]]) -> list[str]:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -32,7 +32,9 @@ class LimitReq(Plugin):
 
 
 class LimitCount(Plugin):
-    """At most `count` requests per `time_window` seconds per key, exact across the node's workers."""
+    """At most `count` requests per `time_window` seconds per key. `policy: local` is native and exact
+    across the node's workers; `policy: redis` counts in a Redis shared by several nodes and is served by
+    the Python plugin in `builtin_plugins/_limit_count_redis.py` (see `for_config`)."""
 
     name = "limit-count"
     priority = 1002
@@ -45,10 +47,35 @@ class LimitCount(Plugin):
         key_type: Literal["var", "var_combination", "constant"] = "var"
         rejected_code: Status = 503
         rejected_msg: str | None = None
-        policy: Literal["local"] = "local"
+        policy: Literal["local", "redis"] = "local"
         show_limit_quota_header: bool = True
         allow_degradation: bool = False
         group: str | None = None
+        # policy "redis" (APISIX's utils/redis-schema.lua); redis_host is then required.
+        redis_host: Annotated[str, msgspec.Meta(min_length=2)] | None = None
+        redis_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6379
+        redis_username: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+        redis_password: str | None = None
+        redis_database: Annotated[int, msgspec.Meta(ge=0)] = 0
+        redis_timeout: Annotated[int, msgspec.Meta(ge=1)] = 1000  # milliseconds
+        redis_ssl: bool = False
+        redis_ssl_verify: bool = False
+        sync_interval: int = -1  # APISIX's delayed sync; accepted, unused (leases are exact)
+
+    @classmethod
+    def parse_config(cls, raw: Any) -> Any:
+        conf = super().parse_config(raw)
+        if conf.policy == "redis" and conf.redis_host is None:
+            raise msgspec.ValidationError("Object missing required field `redis_host` - at `$`")
+        return conf
+
+    @classmethod
+    def for_config(cls, conf: Any) -> type[Plugin]:
+        if conf.policy == "redis":
+            from pygateway.builtin_plugins._limit_count_redis import LimitCountRedis
+
+            return LimitCountRedis
+        return cls
 
 
 class Prometheus(Plugin):

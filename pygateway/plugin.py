@@ -132,6 +132,13 @@ class Plugin:
         return msgspec.convert(raw if raw is not None else {}, cls.ConsumerConfig, strict=False)
 
     @classmethod
+    def for_config(cls, conf: Any) -> type[Plugin]:
+        """The class that serves this validated config: `cls` itself, unless one plugin name has
+        several implementations chosen by config (e.g. `limit-count`: native for `policy: local`,
+        Python for `policy: redis`). The returned class must accept the same config."""
+        return cls
+
+    @classmethod
     def parse_config(cls, raw: Any) -> Any:
         """Validate a raw config dict; raises msgspec.ValidationError naming the field."""
         return msgspec.convert(raw if raw is not None else {}, cls.Config, strict=False)
