@@ -54,6 +54,8 @@ TARGETS: list[tuple[str, str, float, str]] = [
     ("gw-plain", "p99_vs_nginx", 1.0, "p99 <= nginx p99"),
     ("gw-noop", "cpu_vs_plain", 1.2, "CPU/req <= 1.2x gw plain"),
     ("gw-limit-req", "cpu_vs_plain", 1.1, "CPU/req <= 1.1x gw plain"),
+    ("gw-key-auth-limit", "cpu_vs_plain", 1.3, "CPU/req <= 1.3x gw plain"),
+    ("gw-observed", "cpu_vs_plain", 1.15, "CPU/req <= 1.15x gw plain"),
 ]
 HIGHER_IS_BETTER = {"rps_vs_nginx"}
 
@@ -67,6 +69,7 @@ class Scenario:
     desc: str = ""
     auth: bool = False  # the check also expects 401 without `headers`
     expect_headers: tuple[str, ...] = ()  # response headers the plugins must have added (checked first)
+    gw_args: tuple[str, ...] = ()  # extra `pygateway run` flags; `{d}` is the scenario's scratch dir
 
 
 SCENARIOS = [
@@ -102,6 +105,13 @@ SCENARIOS = [
         False,
         ("access-control-allow-origin", "x-request-id"),
     ),
+    Scenario(
+        "gw-observed",
+        "gateway",
+        "/observed",
+        desc="prometheus plugin + JSON access log to a file",
+        gw_args=("--access-log", "{d}/access.log", "--metrics-listen", "127.0.0.1:{metrics_port}"),
+    ),
 ]
 BASELINES = ("nginx-plain", "gw-plain")
 
@@ -124,6 +134,7 @@ def gateway_config(up: int, plugins: Path, rsa_public_pem: str) -> str:
             r("plain", "/plain"),
             r("limited", "/limited", {"limit-req": {"rate": 1000000, "burst": 1000000, "nodelay": True}}),
             r("noop", "/noop", {"bench-noop": {}}),
+            r("observed", "/observed", {"prometheus": {}}),
             r("keyauth", "/keyauth", {"bench-keycheck": {}}),
             r("key-auth", "/key-auth", {"key-auth": {}}),
             r("jwt", "/jwt", {"jwt-auth": {}}),
@@ -563,6 +574,9 @@ class Bench:
                 "--drain-timeout",
                 "2",
             ]
+            extra = [a.format(d=d, metrics_port=free_port()) for a in sc.gw_args]
+            # Metrics and access log are off unless the scenario measures them.
+            cmd += extra if extra else ["--no-metrics"]
             # cwd = scratch dir, so `-m` does not pick up a checkout in the current directory by accident
             proc = self.procs.launch(tag, self.a.server_cpu, cmd, self.work, env=self.gw_env, cwd=d)
             timeout = 60.0
