@@ -188,7 +188,10 @@ class Master:
 
             assert self.s.config_path is not None
             self.store = YamlStore(self.s.config_path)
-        app = create_app(self.store, self.registry, admin, viewer, self.s.allow_admin, on_write=self.wakeup)
+        app = create_app(
+            self.store, self.registry, admin, viewer, self.s.allow_admin, on_write=self.wakeup,
+            metrics=self.metrics_text,
+        )
         self.admin = AdminServer(app, host, port)
         self.admin.start()
         url = f"http://{host}:{port}/apisix/admin"

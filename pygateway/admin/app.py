@@ -17,6 +17,7 @@ Routes, all under `/apisix/admin` and all needing the `X-API-KEY` header (or `?a
     GET    /plugins/{name}             the plugin's JSON schema (?schema_type=consumer|metadata)
     POST   /schema/validate/{res}      dry run: {"valid": true} or 400 with the errors
     GET    /openapi.json               OpenAPI 3.1 description of all of the above
+    GET    /dashboard[/data]           the web dashboard and its JSON feed (`pygateway.admin.dashboard`)
 
 `{res}` is one of routes, services, upstreams, consumers, consumer_groups, ssls, global_rules,
 plugin_configs, plugin_metadata (whose id is the plugin name).
@@ -52,6 +53,7 @@ import msgspec
 import orjson
 
 from pygateway import config
+from pygateway.admin.dashboard import Dashboard
 from pygateway.registry import Registry
 from pygateway.store.base import Item, ReadOnlyStore, Store, StoreError, StoreUnavailable
 
@@ -123,6 +125,7 @@ class AdminApp:
         viewer_key: str | None = None,
         allow_admin: list[str] | None = None,
         on_write: Callable[[], None] | None = None,
+        metrics: Callable[[], str] | None = None,
     ) -> None:
         if not admin_key:
             raise ValueError("admin_key must not be empty")
@@ -140,6 +143,7 @@ class AdminApp:
         self._last_id = 0
         self._id_lock = threading.Lock()
         self._openapi: bytes | None = None
+        self.dashboard = Dashboard(store, metrics, lambda fn: self._pool.submit(fn))
 
     def close(self) -> None:
         """Stop the worker thread (after the server has stopped; the store is the caller's)."""
@@ -159,6 +163,9 @@ class AdminApp:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1003})
             return
+        if Dashboard.handles(scope["path"]):
+            await self._dashboard(scope, send)
+            return
         try:
             status, payload, headers = await self._http(scope, receive)
         except HTTPError as e:
@@ -174,6 +181,18 @@ class AdminApp:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _dashboard(self, scope: dict[str, Any], send: Any) -> None:
+        try:
+            self._check_client(scope.get("client"))
+            key = dict(scope.get("headers", [])).get(b"x-api-key")
+            if key is None:
+                key = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("api_key", "").encode()
+            self._role(key)
+        except HTTPError as e:
+            await self.dashboard.denied(scope, send, e.status, e.message)
+            return
+        await self.dashboard.serve(scope, send)
 
     @staticmethod
     def _error(e: HTTPError) -> Reply:
@@ -620,7 +639,9 @@ def create_app(
     viewer_key: str | None = None,
     allow_admin: list[str] | None = None,
     on_write: Callable[[], None] | None = None,
+    metrics: Callable[[], str] | None = None,
 ) -> AdminApp:
     """The admin API as an ASGI app (serve it with uvicorn). `on_write()` runs after every
-    successful write, on the admin API's worker thread."""
-    return AdminApp(store, registry, admin_key, viewer_key, allow_admin, on_write)
+    successful write, on the admin API's worker thread; `metrics()` returns the Prometheus text the
+    dashboard (`/apisix/admin/dashboard`) charts."""
+    return AdminApp(store, registry, admin_key, viewer_key, allow_admin, on_write, metrics)
