@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-connections", type=int, default=10_000)
     p.add_argument("--max-connections-per-ip", type=int, default=1000)
     args = p.parse_args(argv)
+    if args.shm:
+        # Plugins that keep node-wide state (limit-conn) open the same shared table.
+        os.environ["PYGATEWAY_SHM"] = args.shm
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
         registry = Registry(args.plugin_dir)
