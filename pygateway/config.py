@@ -313,6 +313,7 @@ def validate(raw: dict[str, Any], get_plugin: GetPlugin) -> Config:
         valid[name], invalid[name] = _validate_collection(name, raw.get(name), get_plugin, errors)
     cfg = Config(**valid)
     errors += _reference_errors(cfg, invalid)
+    errors += _plugin_upstream_ref_errors(cfg, invalid["upstreams"])
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -622,9 +623,10 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
                 _COMPILED.clear()
             _COMPILED[rid] = cached
         routes.append(cached[1])
-        python_plugins[rid] = cached[2]
+        python_plugins[rid] = _with_plugin_upstreams(cfg, cached[2])
     global_entries = (p for rule in cfg.global_rules.values() for p in rule.plugins.values())
     global_plugins = _sorted_pairs(p for p in global_entries if not p.disabled and not p.cls.native)
+    global_plugins = _with_plugin_upstreams(cfg, global_plugins)
     return {"version": version, "routes": routes}, python_plugins, global_plugins
 
 
@@ -648,6 +650,39 @@ def _route_snapshot(cfg: Config, rid: str, route: Route, native: dict[str, Any])
         "timeout": msgspec.to_builtins(route.timeout) if route.timeout else None,
         "plugins": native,
     }
+
+
+# ---------------------------------------------------------------------- upstreams referenced by plugins
+# A plugin class may reference upstreams by id (traffic-split's `upstream_id`): it defines
+# `upstream_refs(conf) -> [(field path, id), ...]`, checked like any other reference, and
+# `resolve_upstreams(conf, upstreams) -> conf`, called on every compile so that an edited upstream
+# reaches the plugin (its result must survive `msgspec.to_builtins` + `parse_config` in the workers).
+def parse_upstream(raw: Any) -> tuple[Upstream | None, list[str]]:
+    """Validate one upstream object as `routes[].upstream` is; errors read `.<field>: <message>`."""
+    errors: list[str] = []
+    return _validate_upstream("", raw, errors), errors
+
+
+def _plugin_upstream_ref_errors(cfg: Config, invalid: set[str]) -> list[str]:
+    errors = []
+    holders = {"routes": cfg.routes, "services": cfg.services, "plugin_configs": cfg.plugin_configs,
+               "global_rules": cfg.global_rules}  # fmt: skip
+    for collection, objects in holders.items():
+        for oid, obj in objects.items():
+            for name, entry in obj.plugins.items():
+                refs = getattr(entry.cls, "upstream_refs", None)
+                for path, uid in refs(entry.conf) if refs is not None else ():
+                    if str(uid) not in cfg.upstreams and str(uid) not in invalid:
+                        errors.append(f'{collection}[{oid}].plugins.{name}.{path}: upstream "{uid}" not found')
+    return errors
+
+
+def _with_plugin_upstreams(cfg: Config, pairs: PluginPairs) -> PluginPairs:
+    out = []
+    for cls, conf in pairs:
+        resolve = getattr(cls, "resolve_upstreams", None)
+        out.append((cls, resolve(conf, cfg.upstreams) if resolve is not None else conf))
+    return out
 
 
 def _upstream_snapshot(up: Upstream) -> dict[str, Any]:
