@@ -55,6 +55,13 @@ def node_table() -> _core.Limiter:
     return table
 
 
+def _phrase(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:  # e.g. 599
+        return "rejected"
+
+
 class _Hold:
     """One admitted request's place; given back once, by `log` or when the request's ctx is freed."""
 
@@ -98,7 +105,7 @@ class LimitConn(Plugin):
         self.limit = conf.conn + conf.burst
         self.unit_delay = conf.default_conn_delay
         self.combo_vars = [m[1] or m[2] for m in _VAR_REF.finditer(conf.key)]
-        msg = conf.rejected_msg or http.HTTPStatus(conf.rejected_code).phrase
+        msg = conf.rejected_msg or _phrase(conf.rejected_code)
         self.rejected = Response.error(conf.rejected_code, msg)
         self.table: _core.Limiter | None = None
         try:
