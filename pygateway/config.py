@@ -665,8 +665,8 @@ def parse_upstream(raw: Any) -> tuple[Upstream | None, list[str]]:
 
 def _plugin_upstream_ref_errors(cfg: Config, invalid: set[str]) -> list[str]:
     errors = []
-    holders = {"routes": cfg.routes, "services": cfg.services, "plugin_configs": cfg.plugin_configs,
-               "global_rules": cfg.global_rules}  # fmt: skip
+    holders: dict[str, dict[str, Any]] = {"routes": cfg.routes, "services": cfg.services,
+                                          "plugin_configs": cfg.plugin_configs, "global_rules": cfg.global_rules}  # fmt: skip
     for collection, objects in holders.items():
         for oid, obj in objects.items():
             for name, entry in obj.plugins.items():

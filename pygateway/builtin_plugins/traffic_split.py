@@ -132,9 +132,9 @@ class TrafficSplit(Plugin):
         """Per rule: its match expressions (None = always) and its upstreams in rotation (None = the
         route's own upstream). An `upstream_id` not resolved yet (config validation) stands for the
         route's upstream here; `resolve_upstreams` fills it in before workers build the plugin."""
-        rules = []
+        rules: list[tuple[list[Expr] | None, SmoothWeighted[_Target | None]]] = []
         for i, rule in enumerate(conf.rules or []):
-            exprs = None
+            exprs: list[Expr] | None = None
             if rule.match:  # absent or empty: the rule always applies
                 exprs = []
                 for j, m in enumerate(rule.match):
