@@ -677,6 +677,17 @@ def _plugin_upstream_ref_errors(cfg: Config, invalid: set[str]) -> list[str]:
     return errors
 
 
+def _plugin_upstream_lookup_errors(label: str, plugins: dict[str, PluginConf], lookup: Lookup) -> list[str]:
+    """The admin API's check of one object: its plugins' upstream references must exist in the store."""
+    errors = []
+    for name, entry in plugins.items():
+        refs = getattr(entry.cls, "upstream_refs", None)
+        for path, uid in refs(entry.conf) if refs is not None else ():
+            if lookup("upstreams", str(uid)) is None:
+                errors.append(f'{label}.plugins.{name}.{path}: upstream "{uid}" not found')
+    return errors
+
+
 def _with_plugin_upstreams(cfg: Config, pairs: PluginPairs) -> PluginPairs:
     out = []
     for cls, conf in pairs:
@@ -849,7 +860,9 @@ def validate_object(
     body = {k: v for k, v in raw.items() if k != key_field}
     consumer = collection in ("consumers", "credentials")
     if "plugins" in model.__struct_fields__:
-        _validate_object(label, model, body, get_plugin, errors, consumer=consumer)  # type: ignore[arg-type]
+        obj = _validate_object(label, model, body, get_plugin, errors, consumer=consumer)  # type: ignore[arg-type]
+        if lookup is not None and obj is not None:
+            errors += _plugin_upstream_lookup_errors(label, obj.plugins, lookup)
     else:
         _convert(label, body, model, errors)
     if collection == "ssls":

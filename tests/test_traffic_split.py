@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -173,3 +174,29 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     for conf, expected in cases:
         res = validate(tmp_path, conf)
         assert res.returncode == 1 and expected in res.stderr, (conf, res.stderr)
+
+
+def test_admin_api_checks_upstream_id_and_serves_the_split(
+    upstream: UpstreamFactory, gateway: GatewayFactory, client: httpx.Client
+) -> None:
+    a, b = upstream("A"), upstream("B")
+    gw = gateway(None)
+    h = gw.admin_headers
+    r = client.put(f"{gw.admin_url}/upstreams/canary", headers=h, json={"nodes": {b.addr: 1}})
+    assert r.status_code == 201, r.text
+    rule = {"weighted_upstreams": [{"upstream_id": "nope", "weight": 1}, {"weight": 1}]}
+    body = {"uri": "/s", "upstream": {"nodes": {a.addr: 1}}, "plugins": split(rule)}
+    r = client.put(f"{gw.admin_url}/routes/1", headers=h, json=body)
+    assert r.status_code == 400
+    assert r.json()["error_msg"] == (
+        'routes[1].plugins.traffic-split.rules[0].weighted_upstreams[0].upstream_id: upstream "nope" not found'
+    )
+    rule["weighted_upstreams"][0]["upstream_id"] = "canary"
+    r = client.put(f"{gw.admin_url}/routes/1", headers=h, json=body)
+    assert r.status_code == 201, r.text
+    deadline = time.monotonic() + 10
+    while client.get(f"{gw.url}/s").status_code == 404:  # until the workers have the route
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    seen = Counter(served_by(client, f"{gw.url}/s", 20))
+    assert seen == {"A": 10, "B": 10}
