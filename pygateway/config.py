@@ -313,6 +313,7 @@ def validate(raw: dict[str, Any], get_plugin: GetPlugin) -> Config:
         valid[name], invalid[name] = _validate_collection(name, raw.get(name), get_plugin, errors)
     cfg = Config(**valid)
     errors += _reference_errors(cfg, invalid)
+    errors += _plugin_upstream_ref_errors(cfg, invalid["upstreams"])
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -624,9 +625,9 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
                 _COMPILED.clear()
             _COMPILED[rid] = cached
         routes.append(cached[1])
-        python_plugins[rid] = cached[2]
+        python_plugins[rid] = _with_plugin_upstreams(cfg, cached[2])
     global_entries = [p for rule in cfg.global_rules.values() for p in rule.plugins.values() if not p.disabled]
-    global_plugins = _sorted_pairs(p for p in global_entries if not p.cls.native)
+    global_plugins = _with_plugin_upstreams(cfg, _sorted_pairs(p for p in global_entries if not p.cls.native))
     snapshot: dict[str, Any] = {"version": version, "routes": routes}
     # Global `prometheus` / `opentelemetry` act on every route (a route's own conf wins); a global
     # `prometheus` also counts requests that match no route.
@@ -662,6 +663,50 @@ def _route_snapshot(cfg: Config, rid: str, route: Route, native: dict[str, Any])
         "timeout": msgspec.to_builtins(route.timeout) if route.timeout else None,
         "plugins": native,
     }
+
+
+# ---------------------------------------------------------------------- upstreams referenced by plugins
+# A plugin class may reference upstreams by id (traffic-split's `upstream_id`): it defines
+# `upstream_refs(conf) -> [(field path, id), ...]`, checked like any other reference, and
+# `resolve_upstreams(conf, upstreams) -> conf`, called on every compile so that an edited upstream
+# reaches the plugin (its result must survive `msgspec.to_builtins` + `parse_config` in the workers).
+def parse_upstream(raw: Any) -> tuple[Upstream | None, list[str]]:
+    """Validate one upstream object as `routes[].upstream` is; errors read `.<field>: <message>`."""
+    errors: list[str] = []
+    return _validate_upstream("", raw, errors), errors
+
+
+def _plugin_upstream_ref_errors(cfg: Config, invalid: set[str]) -> list[str]:
+    errors = []
+    holders: dict[str, dict[str, Any]] = {"routes": cfg.routes, "services": cfg.services,
+                                          "plugin_configs": cfg.plugin_configs, "global_rules": cfg.global_rules}  # fmt: skip
+    for collection, objects in holders.items():
+        for oid, obj in objects.items():
+            for name, entry in obj.plugins.items():
+                refs = getattr(entry.cls, "upstream_refs", None)
+                for path, uid in refs(entry.conf) if refs is not None else ():
+                    if str(uid) not in cfg.upstreams and str(uid) not in invalid:
+                        errors.append(f'{collection}[{oid}].plugins.{name}.{path}: upstream "{uid}" not found')
+    return errors
+
+
+def _plugin_upstream_lookup_errors(label: str, plugins: dict[str, PluginConf], lookup: Lookup) -> list[str]:
+    """The admin API's check of one object: its plugins' upstream references must exist in the store."""
+    errors = []
+    for name, entry in plugins.items():
+        refs = getattr(entry.cls, "upstream_refs", None)
+        for path, uid in refs(entry.conf) if refs is not None else ():
+            if lookup("upstreams", str(uid)) is None:
+                errors.append(f'{label}.plugins.{name}.{path}: upstream "{uid}" not found')
+    return errors
+
+
+def _with_plugin_upstreams(cfg: Config, pairs: PluginPairs) -> PluginPairs:
+    out = []
+    for cls, conf in pairs:
+        resolve = getattr(cls, "resolve_upstreams", None)
+        out.append((cls, resolve(conf, cfg.upstreams) if resolve is not None else conf))
+    return out
 
 
 def _upstream_snapshot(up: Upstream) -> dict[str, Any]:
@@ -828,7 +873,9 @@ def validate_object(
     body = {k: v for k, v in raw.items() if k != key_field}
     consumer = collection in ("consumers", "credentials")
     if "plugins" in model.__struct_fields__:
-        _validate_object(label, model, body, get_plugin, errors, consumer=consumer)  # type: ignore[arg-type]
+        obj = _validate_object(label, model, body, get_plugin, errors, consumer=consumer)  # type: ignore[arg-type]
+        if lookup is not None and obj is not None:
+            errors += _plugin_upstream_lookup_errors(label, obj.plugins, lookup)
     else:
         _convert(label, body, model, errors)
     if collection == "ssls":

@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--otlp-endpoint")
     p.add_argument("--otlp-service-name", default="pygateway")
     args = p.parse_args(argv)
+    if args.shm:
+        # Plugins that keep node-wide state (limit-conn) open the same shared table.
+        os.environ["PYGATEWAY_SHM"] = args.shm
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
         registry = Registry(args.plugin_dir)

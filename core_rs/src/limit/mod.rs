@@ -15,9 +15,10 @@
 //! ```
 //!
 //! All fields are little-endian native atomics (the file is never shared across
-//! machines). The stored `key` is the caller's 64-bit key hash with bit 63
-//! replaced by the algorithm kind (0 = GCRA, 1 = fixed window), so one user key
-//! used by both algorithms occupies two slots. Stored key 0 means "empty".
+//! machines). The stored `key` is the caller's 64-bit key hash with bits 62-63
+//! replaced by the algorithm kind (00 = GCRA, 10 = fixed window, 01 = counter),
+//! so one user key used by several algorithms occupies several slots. Stored
+//! key 0 means "empty".
 //!
 //! # Slot life cycle
 //!
@@ -28,12 +29,13 @@
 //!   never reset to 0, so a key, if present, always sits before the first
 //!   empty slot of its probe sequence.
 //! * A slot whose state is expired (GCRA: TAT in the past; window: window end in
-//!   the past) may be taken over by another key: CAS `state` expired ->
+//!   the past; counter: count 0) may be taken over by another key: CAS `state` expired ->
 //!   `RECLAIMING`, store the new key, store `state = 0`. A concurrent updater of
 //!   the old key cannot be confused by this: the expired value it read can
 //!   never reappear in the slot (states of the new key are strictly later in
-//!   time, and window states carry a tag bit that GCRA TATs never have), so its
-//!   CAS fails and it re-validates the key.
+//!   time, and window states carry a tag bit that GCRA TATs never have; counter
+//!   states carry a sequence number that every update bumps and that starts from
+//!   the key's own bits), so its CAS fails and it re-validates the key.
 //! * Two processes inserting the same absent key at the same moment agree on
 //!   the slot (first empty-or-expired slot of the probe sequence, claimed by
 //!   CAS), so counting is exact across processes. The only exception is a
@@ -63,7 +65,8 @@ mod tests;
 /// "PGWLIMT1" read as a little-endian u64.
 const MAGIC: u64 = u64::from_le_bytes(*b"PGWLIMT1");
 /// Layout version; bump on any incompatible change of the header or slots.
-const VERSION: u64 = 1;
+/// 2: two kind bits in stored keys (counters added).
+const VERSION: u64 = 2;
 const HEADER_BYTES: usize = 64;
 const SLOT_BYTES: usize = 64;
 /// Maximum number of slots probed for one key.
@@ -80,9 +83,10 @@ const H_FULL: usize = 24;
 /// State value of a slot being taken over by another key.
 const RECLAIMING: u64 = u64::MAX;
 
-const KIND_BIT: u64 = 1 << 63;
+const KIND_MASK: u64 = 0b11 << 62;
 const KIND_GCRA: u64 = 0;
-const KIND_WINDOW: u64 = KIND_BIT;
+const KIND_WINDOW: u64 = 0b10 << 62;
+const KIND_COUNTER: u64 = 0b01 << 62;
 
 /// Fixed-window state: bit 63 tag | 39 bits window end (ms) | 24 bits count.
 const WIN_TAG: u64 = 1 << 63;
@@ -92,6 +96,14 @@ const WIN_END_MASK: u64 = (1 << 39) - 1;
 /// Largest per-window limit that can be represented; larger limits are clamped.
 pub const MAX_WINDOW_COUNT: u64 = WIN_COUNT_MASK;
 const NS_PER_MS: u64 = 1_000_000;
+
+/// Counter state: bit 63 tag | 31 bits sequence | 32 bits count. The sequence
+/// changes on every update so a stale CAS can never hit a recycled slot (ABA).
+const CNT_TAG: u64 = 1 << 63;
+const CNT_SEQ_MASK: u64 = (1 << 31) - 1;
+const CNT_COUNT_MASK: u64 = u32::MAX as u64;
+/// Largest counter value; larger limits are clamped.
+pub const MAX_COUNTER: u64 = CNT_COUNT_MASK;
 
 /// Shared-memory (or process-local) table of limiter slots. See the module docs.
 pub struct ShmTable {
@@ -118,6 +130,18 @@ pub struct WindowDecision {
     pub remaining: u64,
     /// Nanoseconds until the window resets.
     pub reset_ns: u64,
+}
+
+/// Outcome of [`ShmTable::counter_acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquire {
+    /// Counted: the number of holders of the key including this one, and the
+    /// slot that counted it (give it back to [`ShmTable::counter_release`]).
+    Admitted { count: u64, slot: usize },
+    /// Already `limit` holders: nothing changed.
+    Rejected,
+    /// No slot available: allowed but not counted (the caller must not release).
+    Untracked,
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds (same clock in every process of the host).
@@ -341,7 +365,7 @@ impl ShmTable {
         } else {
             tau_f.round() as u64
         };
-        let res = self.update(key, KIND_GCRA, now_ns, |state| {
+        let res = self.update(key, KIND_GCRA, now_ns, true, |state| {
             // state 0: no previous request (and never a valid TAT: TATs are >= T >= 1).
             let tat = if state == 0 {
                 now_ns
@@ -362,7 +386,7 @@ impl ShmTable {
             }
         });
         match res {
-            Some(r) => r,
+            Some((_, r)) => r,
             None => {
                 self.fail_open();
                 Ok(0)
@@ -397,7 +421,7 @@ impl ShmTable {
                 reset_ns: window_ns,
             };
         }
-        let res = self.update(key, KIND_WINDOW, now_ns, |state| {
+        let res = self.update(key, KIND_WINDOW, now_ns, true, |state| {
             let live = state & WIN_TAG != 0 && !window_expired(state, now_ns);
             if live {
                 let end_ns = ((state >> WIN_COUNT_BITS) & WIN_END_MASK) * NS_PER_MS;
@@ -437,7 +461,7 @@ impl ShmTable {
             }
         });
         match res {
-            Some(d) => d,
+            Some((_, d)) => d,
             None => {
                 self.fail_open();
                 WindowDecision {
@@ -449,25 +473,103 @@ impl ShmTable {
         }
     }
 
-    /// Find (or insert) the slot of `key` and apply `step` to its state in a
-    /// CAS loop. `None`: no slot available (caller fails open).
+    /// Concurrency counter (APISIX `limit-conn`): take one of `limit` places
+    /// of `key`, exact across processes. Every `Admitted` must be paired with
+    /// one [`ShmTable::counter_release`] of its slot. A counter at 0 holds no
+    /// slot (it may be reclaimed by other keys). `limit` above [`MAX_COUNTER`]
+    /// is clamped; `limit == 0` rejects everything. If the table is full the
+    /// caller is let in `Untracked` and counted in `full_failures`.
+    ///
+    /// The takeover race of the module docs can leave a key briefly in two
+    /// slots (so up to one extra holder per such race); releasing by slot
+    /// keeps each slot's count exact, so nothing leaks and the copy that
+    /// lookups no longer find drains to 0 and is reclaimed.
+    pub fn counter_acquire(&self, key: u64, limit: u64, now_ns: u64) -> Acquire {
+        let limit = limit.min(MAX_COUNTER);
+        if limit == 0 {
+            return Acquire::Rejected;
+        }
+        let res = self.update(key, KIND_COUNTER, now_ns, true, |state| {
+            let (seq, count) = counter_parts(key, state);
+            if count >= limit {
+                Step {
+                    new: None,
+                    out: None,
+                }
+            } else {
+                Step {
+                    new: Some(counter_state(seq + 1, count + 1)),
+                    out: Some(count + 1),
+                }
+            }
+        });
+        match res {
+            Some((slot, Some(count))) => Acquire::Admitted { count, slot },
+            Some((_, None)) => Acquire::Rejected,
+            None => {
+                self.fail_open();
+                Acquire::Untracked
+            }
+        }
+    }
+
+    /// Give back the place `counter_acquire` took in `slot`; returns the
+    /// holders left there. Never goes below 0 (a release without an acquire is
+    /// a no-op), and a slot that no longer holds `key` is left alone.
+    pub fn counter_release(&self, key: u64, slot: usize) -> u64 {
+        if slot >= self.slots {
+            return 0;
+        }
+        let skey = stored_key(key, KIND_COUNTER);
+        let step = &mut |state: u64| {
+            let (seq, count) = counter_parts(key, state);
+            if count == 0 {
+                Step { new: None, out: 0 }
+            } else {
+                Step {
+                    new: Some(counter_state(seq + 1, count - 1)),
+                    out: count - 1,
+                }
+            }
+        };
+        match self.apply(slot, skey, step) {
+            Attempt::Done(left) => left,
+            // Reclaimed meanwhile: it was at 0 already.
+            Attempt::Restart => 0,
+        }
+    }
+
+    /// Current holders of `key` in the slot lookups find (0 when absent).
+    pub fn counter_value(&self, key: u64) -> u64 {
+        self.update(key, KIND_COUNTER, 0, false, |state| Step {
+            new: None,
+            out: counter_parts(key, state).1,
+        })
+        .map_or(0, |(_, n)| n)
+    }
+
+    /// Find (or, with `claim`, insert) the slot of `key` and apply `step` to its
+    /// state in a CAS loop. `None`: no slot available (or, without `claim`, the
+    /// key is absent).
     fn update<R>(
         &self,
         key: u64,
         kind: u64,
         now_ns: u64,
+        claim: bool,
         mut step: impl FnMut(u64) -> Step<R>,
-    ) -> Option<R> {
-        let mut skey = (key & !KIND_BIT) | kind;
-        if skey == 0 {
-            skey = 1;
-        }
+    ) -> Option<(usize, R)> {
+        let skey = stored_key(key, kind);
         let start = (fmix64(key) % self.slots as u64) as usize;
         let probe = PROBE.min(self.slots);
         for _ in 0..MAX_RESTARTS {
-            let idx = self.find_or_claim(skey, start, probe, now_ns)?;
+            let idx = if claim {
+                self.find_or_claim(skey, start, probe, now_ns)?
+            } else {
+                self.find(skey, start, probe)?
+            };
             match self.apply(idx, skey, &mut step) {
-                Attempt::Done(r) => return Some(r),
+                Attempt::Done(r) => return Some((idx, r)),
                 Attempt::Restart => std::hint::spin_loop(),
             }
         }
@@ -502,17 +604,26 @@ impl ShmTable {
         }
     }
 
-    fn find_or_claim(&self, skey: u64, start: usize, probe: usize, now_ns: u64) -> Option<usize> {
-        let pos = |i: usize| (start + i) % self.slots;
-        // Pass 1: the key, if present, is before the first empty slot.
+    /// The slot of `skey` if present: it is before the first empty slot.
+    fn find(&self, skey: u64, start: usize, probe: usize) -> Option<usize> {
         for i in 0..probe {
-            let k = self.slot(pos(i)).0.load(Ordering::SeqCst);
+            let idx = (start + i) % self.slots;
+            let k = self.slot(idx).0.load(Ordering::SeqCst);
             if k == skey {
-                return Some(pos(i));
+                return Some(idx);
             }
             if k == 0 {
                 break;
             }
+        }
+        None
+    }
+
+    fn find_or_claim(&self, skey: u64, start: usize, probe: usize, now_ns: u64) -> Option<usize> {
+        let pos = |i: usize| (start + i) % self.slots;
+        // Pass 1: the key, if present.
+        if let Some(idx) = self.find(skey, start, probe) {
+            return Some(idx);
         }
         // Pass 2: claim the first empty or expired slot (or find the key if a
         // concurrent inserter just put it there).
@@ -559,10 +670,10 @@ impl ShmTable {
                 break;
             }
             if self.slot(j).0.load(Ordering::SeqCst) == skey {
-                let expired = if skey & KIND_BIT == KIND_WINDOW {
-                    WIN_TAG | 1
-                } else {
-                    1
+                let expired = match skey & KIND_MASK {
+                    KIND_WINDOW => WIN_TAG | 1,
+                    KIND_COUNTER => CNT_TAG,
+                    _ => 1,
                 };
                 let _ = self.slot(idx).1.compare_exchange(
                     0,
@@ -577,6 +688,16 @@ impl ShmTable {
     }
 }
 
+/// The key as stored in a slot: the caller's hash with the kind in bits 62-63 (never 0).
+fn stored_key(key: u64, kind: u64) -> u64 {
+    let skey = (key & !KIND_MASK) | kind;
+    if skey == 0 {
+        1
+    } else {
+        skey
+    }
+}
+
 fn window_expired(state: u64, now_ns: u64) -> bool {
     let end_ms = (state >> WIN_COUNT_BITS) & WIN_END_MASK;
     end_ms.saturating_mul(NS_PER_MS) <= now_ns
@@ -585,9 +706,23 @@ fn window_expired(state: u64, now_ns: u64) -> bool {
 /// Whether a slot holding stored key `skey` with (non-zero) `state` can be
 /// taken over at `now_ns`.
 fn state_expired(skey: u64, state: u64, now_ns: u64) -> bool {
-    if skey & KIND_BIT == KIND_WINDOW {
-        state & WIN_TAG == 0 || window_expired(state, now_ns)
-    } else {
-        state <= now_ns
+    match skey & KIND_MASK {
+        KIND_WINDOW => state & WIN_TAG == 0 || window_expired(state, now_ns),
+        KIND_COUNTER => state & CNT_COUNT_MASK == 0,
+        _ => state <= now_ns,
     }
+}
+
+/// (sequence, count) of a counter state; a fresh slot (state 0) starts its
+/// sequence from the key's bits so it differs from the slot's previous owner's.
+fn counter_parts(skey_bits: u64, state: u64) -> (u64, u64) {
+    if state == 0 {
+        ((skey_bits ^ (skey_bits >> 31)) & CNT_SEQ_MASK, 0)
+    } else {
+        ((state >> 32) & CNT_SEQ_MASK, state & CNT_COUNT_MASK)
+    }
+}
+
+fn counter_state(seq: u64, count: u64) -> u64 {
+    CNT_TAG | ((seq & CNT_SEQ_MASK) << 32) | count
 }

@@ -384,6 +384,7 @@ fn cross_process_exact() {
     let table = ShmTable::open(&path).unwrap();
     let win_key = key_hash(&[b"fork", b"window"]);
     let gcra_key = key_hash(&[b"fork", b"gcra"]);
+    let cnt_key = key_hash(&[b"fork", b"counter"]);
     // SAFETY: fresh shared anonymous page used as a start gate; unmapped below.
     let gate_ptr = unsafe {
         libc::mmap(
@@ -417,7 +418,19 @@ fn cross_process_exact() {
             }
             let mut win = 0u64;
             let mut gcra = 0u64;
+            let mut held = 0u64;
             for _ in 0..ATTEMPTS {
+                // Holders never release: exactly `limit` acquisitions succeed node-wide;
+                // acquire/release pairs of a second key churn alongside.
+                if let Acquire::Admitted { .. } = table.counter_acquire(cnt_key, 50, monotonic_ns())
+                {
+                    held += 1;
+                }
+                if let Acquire::Admitted { slot, .. } =
+                    table.counter_acquire(cnt_key ^ 1, 2, monotonic_ns())
+                {
+                    table.counter_release(cnt_key ^ 1, slot);
+                }
                 if table
                     .fixed_window(win_key, 1000, 3600 * SEC, monotonic_ns())
                     .allowed
@@ -428,12 +441,13 @@ fn cross_process_exact() {
                     gcra += 1;
                 }
             }
-            let mut buf = [0u8; 16];
+            let mut buf = [0u8; 24];
             buf[..8].copy_from_slice(&win.to_le_bytes());
-            buf[8..].copy_from_slice(&gcra.to_le_bytes());
+            buf[8..16].copy_from_slice(&gcra.to_le_bytes());
+            buf[16..].copy_from_slice(&held.to_le_bytes());
             // SAFETY: plain write of a stack buffer to our pipe, then _exit.
             unsafe {
-                libc::write(p[1], buf.as_ptr() as *const libc::c_void, 16);
+                libc::write(p[1], buf.as_ptr() as *const libc::c_void, 24);
                 libc::_exit(0);
             }
         }
@@ -444,21 +458,22 @@ fn cross_process_exact() {
     }
     gate.store(1, Ordering::Release);
 
-    let (mut win_total, mut gcra_total) = (0u64, 0u64);
+    let (mut win_total, mut gcra_total, mut held_total) = (0u64, 0u64, 0u64);
     for fd in fds {
-        let mut buf = [0u8; 16];
+        let mut buf = [0u8; 24];
         let mut got = 0usize;
-        while got < 16 {
+        while got < 24 {
             // SAFETY: reading into the remaining part of a stack buffer.
             let n =
-                unsafe { libc::read(fd, buf[got..].as_mut_ptr() as *mut libc::c_void, 16 - got) };
+                unsafe { libc::read(fd, buf[got..].as_mut_ptr() as *mut libc::c_void, 24 - got) };
             assert!(n > 0, "child died without reporting");
             got += n as usize;
         }
         // SAFETY: closing our read end.
         unsafe { libc::close(fd) };
         win_total += u64::from_le_bytes(buf[..8].try_into().unwrap());
-        gcra_total += u64::from_le_bytes(buf[8..].try_into().unwrap());
+        gcra_total += u64::from_le_bytes(buf[8..16].try_into().unwrap());
+        held_total += u64::from_le_bytes(buf[16..].try_into().unwrap());
     }
     for pid in pids {
         let mut status = 0;
@@ -468,7 +483,129 @@ fn cross_process_exact() {
     }
     assert_eq!(win_total, 1000);
     assert_eq!(gcra_total, 100);
+    assert_eq!(held_total, 50);
+    assert_eq!(table.counter_value(cnt_key), 50);
+    assert_eq!(table.counter_value(cnt_key ^ 1), 0);
     assert_eq!(table.full_failures(), 0);
     // SAFETY: unmapping the gate page mapped above; children are gone.
     unsafe { libc::munmap(gate_ptr, 4096) };
+}
+
+/// Take one place of `k` (limit `n`); the holder count and slot.
+fn take(t: &ShmTable, k: u64, n: u64) -> Option<(u64, usize)> {
+    match t.counter_acquire(k, n, SEC) {
+        Acquire::Admitted { count, slot } => Some((count, slot)),
+        Acquire::Rejected => None,
+        Acquire::Untracked => panic!("table full"),
+    }
+}
+
+#[test]
+fn counter_acquire_release() {
+    let t = ShmTable::anonymous(64).unwrap();
+    let k = key_hash(&[b"conn"]);
+    assert_eq!(t.counter_value(k), 0);
+    let (c1, s) = take(&t, k, 3).unwrap();
+    assert_eq!(c1, 1);
+    assert_eq!(take(&t, k, 3), Some((2, s)));
+    assert_eq!(take(&t, k, 3), Some((3, s)));
+    assert_eq!(take(&t, k, 3), None);
+    assert_eq!(t.counter_value(k), 3);
+    assert_eq!(t.counter_release(k, s), 2);
+    assert_eq!(take(&t, k, 3), Some((3, s)));
+    for left in [2, 1, 0] {
+        assert_eq!(t.counter_release(k, s), left);
+    }
+    // A release without an acquire never goes below zero; another key's slot is left alone.
+    assert_eq!(t.counter_release(k, s), 0);
+    assert_eq!(t.counter_release(key_hash(&[b"never"]), s), 0);
+    assert_eq!(t.counter_release(k, usize::MAX), 0);
+    assert_eq!(take(&t, k, 1), Some((1, s)));
+    assert_eq!(t.counter_release(key_hash(&[b"other"]), s), 0);
+    assert_eq!(t.counter_value(k), 1);
+    // A limit of 0 admits nobody; a lower limit than the current count rejects.
+    assert_eq!(t.counter_acquire(k, 0, SEC), Acquire::Rejected);
+    assert_eq!(take(&t, k, 1), None);
+    assert_eq!(t.full_failures(), 0);
+}
+
+#[test]
+fn counter_separate_from_other_algorithms() {
+    let t = ShmTable::anonymous(64).unwrap();
+    let k = key_hash(&[b"shared-key"]);
+    assert!(t.fixed_window(k, 1, 60 * SEC, SEC).allowed);
+    assert_eq!(t.gcra(k, 1.0, 0.0, SEC), Ok(0));
+    assert!(take(&t, k, 1).is_some());
+    assert!(!t.fixed_window(k, 1, 60 * SEC, SEC).allowed);
+    assert_eq!(t.gcra(k, 1.0, 0.0, SEC), Err(()));
+    assert_eq!(take(&t, k, 1), None);
+}
+
+#[test]
+fn counter_at_zero_frees_its_slot() {
+    let t = ShmTable::anonymous(1).unwrap();
+    let (a, b) = (key_hash(&[b"a"]), key_hash(&[b"b"]));
+    let (_, sa) = take(&t, a, 5).unwrap();
+    // The only slot is held: another key is let in untracked (fail open) and counted.
+    assert_eq!(t.counter_acquire(b, 5, SEC), Acquire::Untracked);
+    assert_eq!(t.full_failures(), 1);
+    assert_eq!(t.counter_value(a), 1);
+    assert_eq!(t.counter_release(a, sa), 0);
+    // Released to zero: the slot is reclaimable, and a stale release of `a` leaves `b` alone.
+    assert_eq!(take(&t, b, 5), Some((1, sa)));
+    assert_eq!(t.counter_release(a, sa), 0);
+    assert_eq!(t.counter_value(a), 0);
+    assert_eq!(t.counter_value(b), 1);
+}
+
+#[test]
+fn threads_counter_never_leaks() {
+    // Small table and churning keys: slots of counters at zero are reclaimed while
+    // the hot key is acquired and released concurrently. Every slot must end at
+    // zero, and the limit holds (up to the one-extra-per-takeover-race bound).
+    const LIMIT: u64 = 5;
+    const THREADS: u64 = 8;
+    let t = Arc::new(ShmTable::anonymous(16).unwrap());
+    let hot = key_hash(&[b"hot-conn"]);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..THREADS)
+        .map(|tid| {
+            let (t, inside, peak) = (t.clone(), inside.clone(), peak.clone());
+            std::thread::spawn(move || {
+                for i in 0..5000u64 {
+                    let now = monotonic_ns();
+                    let churn = key_hash(&[&tid.to_le_bytes(), &(i % 5).to_le_bytes()]);
+                    if let Acquire::Admitted { slot, .. } = t.counter_acquire(churn, 1, now) {
+                        t.counter_release(churn, slot);
+                    }
+                    let _ = t.gcra(churn ^ 7, 1e6, 0.0, now);
+                    match t.counter_acquire(hot, LIMIT, now) {
+                        Acquire::Admitted { slot, .. } => {
+                            let n = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            peak.fetch_max(n, Ordering::SeqCst);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            t.counter_release(hot, slot);
+                        }
+                        // A tiny table under churn may fail open now and then; nothing to release.
+                        Acquire::Rejected | Acquire::Untracked => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    for i in 0..t.slots() {
+        let (k, st) = t.slot(i);
+        let skey = k.load(Ordering::SeqCst);
+        if skey & KIND_MASK == KIND_COUNTER {
+            let state = st.load(Ordering::SeqCst);
+            assert_eq!(counter_parts(0, state).1, 0, "slot {i} leaked");
+        }
+    }
+    assert_eq!(t.counter_value(hot), 0);
+    let peak = peak.load(Ordering::SeqCst) as u64;
+    assert!((1..=LIMIT + THREADS - 1).contains(&peak), "peak {peak}");
 }

@@ -7,7 +7,7 @@ pub mod views;
 
 use crate::accesslog::{AccessLog, LogFormat, Sink};
 use crate::config::Snapshot;
-use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::limit::{key_hash, monotonic_ns, Acquire, ShmTable};
 use crate::metrics::shm::MetricsShm;
 use crate::metrics::Recorder;
 use crate::proxy::observe::Observer;
@@ -415,6 +415,34 @@ impl Limiter {
             monotonic_ns(),
         );
         (d.allowed, d.remaining, d.reset_ns as f64 / 1e9)
+    }
+
+    /// Take one of `limit` concurrent places of `key` (exact across the processes sharing the
+    /// table): `(holders including this one, ticket)`, or None when all places are taken. Pass
+    /// the ticket to `counter_release` exactly once. Ticket -1 = the table was full and the
+    /// caller was let in uncounted (releasing it is a no-op).
+    fn counter_acquire(&self, key: &str, limit: u64) -> Option<(u64, i64)> {
+        match self
+            .shm
+            .counter_acquire(key_hash(&[key.as_bytes()]), limit, monotonic_ns())
+        {
+            Acquire::Admitted { count, slot } => Some((count, slot as i64)),
+            Acquire::Rejected => None,
+            Acquire::Untracked => Some((0, -1)),
+        }
+    }
+
+    /// Give back the place `ticket` took; returns the holders left in its slot.
+    fn counter_release(&self, key: &str, ticket: i64) -> u64 {
+        match usize::try_from(ticket) {
+            Ok(slot) => self.shm.counter_release(key_hash(&[key.as_bytes()]), slot),
+            Err(_) => 0,
+        }
+    }
+
+    /// Current holders of `key`.
+    fn counter_value(&self, key: &str) -> u64 {
+        self.shm.counter_value(key_hash(&[key.as_bytes()]))
     }
 }
 
