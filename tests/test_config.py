@@ -155,6 +155,8 @@ def test_full_config_round_trip() -> None:
         "routes": [
             {
                 "id": "r1",
+                "name": "main",
+                "service_id": "s1",
                 "uris": ["/api/*", "/v2/:id"],
                 "hosts": ["a.example.com", "*.b.example.com"],
                 "methods": ["GET", "POST"],
