@@ -297,8 +297,8 @@ def test_consumer_restriction_by_route_id(upstream: Up, gateway: Gw, client: htt
 
 
 @pytest.mark.parametrize(("conf", "needle"), [
-    ({"type": "service_id", "whitelist": ["s1"]}, "not supported"),
-    ({"type": "consumer_group_id", "whitelist": ["g"]}, "not supported"),
+    ({"type": "service_id"}, "one of whitelist, blacklist"),
+    ({"type": "consumer_group_id", "blacklist": "g"}, "blacklist"),
     ({"rejected_code": 403}, "one of whitelist, blacklist"),
     ({"whitelist": []}, "whitelist"),
     ({"whitelist": ["a"], "rejected_code": 100}, "rejected_code"),

@@ -105,7 +105,7 @@ class ForwardAuth(Plugin):
                 headers[name] = value
         return headers
 
-    async def access(self, req: Request, ctx: dict[str, Any]) -> Response | None:
+    async def access(self, req: Request, ctx: dict[str, Any]) -> Response | None:  # type: ignore[override]
         conf = self.conf
         body = (req.body or b"") if conf.request_method == "POST" else None
         try:
