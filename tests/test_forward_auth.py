@@ -108,6 +108,12 @@ def test_forward_auth_allows_and_denies(upstream: Up, gateway: Gw, auth: AuthSer
         # Headers not in request_headers are not sent to the auth service.
         c.get(f"{gw.url}/api/items", headers={"Authorization": "good", "Cookie": "s=1"})
         assert "cookie" not in auth.seen[-1]["headers"]
+        # The auth service is asked about the path the upstream receives, not the raw one.
+        for trick in ("/x/../api/items?q=1", "//api/./items?q=1", "/x/%2e%2e/api/items?q=1"):
+            req = c.build_request("GET", gw.url, headers={"Authorization": "good"}, extensions={"target": trick.encode()})
+            r = c.send(req)
+            assert r.status_code == 200 and r.json()["path"] == "/api/items", trick
+            assert auth.seen[-1]["headers"]["x-forwarded-uri"] == "/api/items?q=1", trick
 
 
 def test_forward_auth_missing_upstream_header_is_not_spoofable(upstream: Up, gateway: Gw, auth: AuthService) -> None:
