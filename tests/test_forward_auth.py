@@ -26,10 +26,21 @@ class AuthService:
 
     def __init__(self) -> None:
         self.seen: list[dict[str, Any]] = []
+        self.open_connections = 0
+        lock = threading.Lock()
         service = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def handle(self) -> None:  # one call per connection: count the open ones
+                with lock:
+                    service.open_connections += 1
+                try:
+                    super().handle()
+                finally:
+                    with lock:
+                        service.open_connections -= 1
 
             def _answer(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -197,6 +208,22 @@ def test_a_slow_auth_call_does_not_block_the_worker(upstream: Up, gateway: Gw, a
     assert [code for code, _ in results] == [200, 200]
     # The two slow calls overlapped rather than queueing one behind the other.
     assert all(1.9 < took < 3.5 for _, took in results), results
+
+
+def test_a_config_change_closes_the_old_auth_connections(upstream: Up, gateway: Gw, auth: AuthService) -> None:
+    up = upstream()
+    cfg = {"routes": [route("r", "/r", up, plugins=fa(auth, request_headers=["Authorization"]))]}
+    gw = gateway(cfg)
+    with httpx.Client(timeout=10) as c:
+        assert c.get(f"{gw.url}/r", headers={"Authorization": "good"}).status_code == 200
+        assert auth.open_connections == 1  # kept alive for the next request
+        cfg["routes"][0]["plugins"]["forward-auth"]["timeout"] = 2000
+        gw.update(cfg)
+        deadline = time.monotonic() + 5
+        while auth.open_connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert auth.open_connections == 0  # the replaced instance closed its pool
+        assert c.get(f"{gw.url}/r", headers={"Authorization": "good"}).status_code == 200
 
 
 @pytest.mark.parametrize(("conf", "needle"), [

@@ -18,6 +18,7 @@ certificate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -74,9 +75,20 @@ class ForwardAuth(Plugin):
         # Per instance (a ClassVar on Plugin): only POST forwards the client's body.
         self.__dict__["needs_body"] = conf.request_method == "POST"
         self.client: httpx.AsyncClient | None = None  # made on the worker's loop, at first use
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def __del__(self) -> None:
+        # A config change drops this instance: close its pooled connections on the loop that owns them.
+        client, loop = self.client, self.loop
+        if client is not None and loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
+            except RuntimeError:  # the loop is shutting down
+                pass
 
     def _client(self) -> httpx.AsyncClient:
         if self.client is None:
+            self.loop = asyncio.get_running_loop()
             conf = self.conf
             pool = conf.keepalive_pool if conf.keepalive else 0
             self.client = httpx.AsyncClient(
