@@ -25,12 +25,14 @@ Choices where APISIX is silent or where we are deliberately more lenient (docume
 - consumer plugin confs are validated with the plugin class's `ConsumerConfig` struct when it defines
   one (APISIX's `consumer_schema`), else with `parse_config`.
 - `_meta` keys other than `disable` (priority, filter, error_response) are accepted and ignored.
-- consumer `group_id` is accepted and not checked (consumer_groups are not supported yet).
+- `consumer_groups` (id, name, desc, labels, plugins) are supported; a consumer's `group_id` must name
+  one. Their plugin confs are route-style confs (validated with `parse_config`), merged into a route's
+  plugins when a consumer of the group is identified (see `pygateway.host.ConsumerTable`).
 - upstream `checks`, `keepalive_pool`, `retry_timeout` are accepted and ignored; service discovery,
   route `filter_func`/`script` and `grpc(s)` schemes are rejected (unknown field / invalid value).
 - `#END` (which APISIX waits for before reloading) is optional: it is just a YAML comment here.
 - errors come per collection in the order routes, services, upstreams, consumers, global_rules,
-  plugin_configs, then cross-reference errors; references to objects that failed validation
+  plugin_configs, consumer_groups, then cross-reference errors; references to objects that failed validation
   themselves are not reported a second time.
 """
 
@@ -68,10 +70,12 @@ __all__ = [
 GetPlugin = Callable[[str], "type[Plugin] | None"]
 PluginPairs = list[tuple[type[Plugin], Any]]
 
-COLLECTIONS: tuple[str, ...] = ("routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs")
+COLLECTIONS: tuple[str, ...] = (
+    "routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs", "consumer_groups",
+)  # fmt: skip
 # Valid in APISIX's apisix.yaml but not implemented here: say so rather than "unknown".
 UNSUPPORTED: tuple[str, ...] = (
-    "ssls", "stream_routes", "protos", "plugin_metadata", "consumer_groups", "secrets", "plugins",
+    "ssls", "stream_routes", "protos", "plugin_metadata", "secrets", "plugins",
     "stream_plugins",
 )  # fmt: skip
 
@@ -231,6 +235,10 @@ class PluginConfig(_PluginBundle):
     pass
 
 
+class ConsumerGroup(_PluginBundle):
+    """APISIX's consumer group: plugins shared by the consumers whose `group_id` names it."""
+
+
 class Config(msgspec.Struct):
     """The validated config: every object by its (string) id; consumers by username."""
 
@@ -240,6 +248,7 @@ class Config(msgspec.Struct):
     consumers: dict[str, Consumer] = {}
     global_rules: dict[str, GlobalRule] = {}
     plugin_configs: dict[str, PluginConfig] = {}
+    consumer_groups: dict[str, ConsumerGroup] = {}
 
 
 _MODELS: dict[str, type[_Strict]] = {
@@ -249,6 +258,7 @@ _MODELS: dict[str, type[_Strict]] = {
     "consumers": Consumer,
     "global_rules": GlobalRule,
     "plugin_configs": PluginConfig,
+    "consumer_groups": ConsumerGroup,
 }
 
 
@@ -573,6 +583,10 @@ def _reference_errors(cfg: Config, invalid: dict[str, set[str]]) -> list[str]:
     errors = []
     for sid, svc in cfg.services.items():
         errors += _ref_errors(f"services[{sid}]", "upstream_id", svc.upstream_id, cfg.upstreams, invalid["upstreams"])
+    for username, consumer in cfg.consumers.items():
+        errors += _ref_errors(
+            f"consumers[{username}]", "group_id", consumer.group_id, cfg.consumer_groups, invalid["consumer_groups"]
+        )
     for rid, route in cfg.routes.items():
         label = f"routes[{rid}]"
         refs = (
@@ -780,12 +794,8 @@ def _type_name(value: Any) -> str:
 
 # ------------------------------------------------------------------------------ admin API: one object
 # The admin API validates one object at a time (`validate_object`), with the same models and messages as
-# `validate`, plus the collections the standalone config does not support yet (consumer groups, SSLs,
-# credentials, plugin metadata): they can be stored and served, the data plane ignores them for now.
-class ConsumerGroup(_PluginBundle):
-    pass
-
-
+# `validate`, plus the collections the standalone config does not support yet (SSLs, credentials,
+# plugin metadata): they can be stored and served; the data plane uses credentials only.
 class Credential(_PluginBundle):
     """`/consumers/{username}/credentials/{id}`: auth plugin confs (validated as consumer confs)."""
 
@@ -822,7 +832,6 @@ class SSL(_Strict):
 # Every object kind `validate_object` knows (plugin_metadata aside: its shape is the plugin's).
 OBJECT_MODELS: dict[str, type[msgspec.Struct]] = {
     **_MODELS,
-    "consumer_groups": ConsumerGroup,
     "ssls": SSL,
     "credentials": Credential,
 }

@@ -24,9 +24,11 @@ from pygateway.store.base import Change, Store, StoreUnavailable
 
 log = logging.getLogger("pygateway.control")
 
-# Collections the data plane consumes (plus consumers' credentials); the rest (ssls, consumer_groups,
-# plugin_metadata) are stored and served by the admin API but not used by the proxy yet.
-DATA_PLANE_COLLECTIONS = ("routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs")
+# Collections the data plane consumes (plus consumers' credentials); the rest (ssls, plugin_metadata)
+# are stored and served by the admin API but not used by the proxy yet.
+DATA_PLANE_COLLECTIONS = (
+    "routes", "services", "upstreams", "consumers", "global_rules", "plugin_configs", "consumer_groups",
+)  # fmt: skip
 
 
 def _file_stamp(path: str) -> tuple[int, int, int] | None:

@@ -3,6 +3,15 @@
 The Rust side calls `Chain.run(phase, req, ctx)` (or awaits `run_async` on the worker's asyncio loop
 when any hook of that phase is `async def`). A hook that raises is logged once with its plugin name and
 the request gets a 500; the worker keeps serving.
+
+Consumers' plugins (APISIX's consumer and consumer group `plugins`) are merged in by `ContextChain`:
+when `rewrite` (or else `access`) ends with `req.consumer` set, the request switches to the route's
+chain merged with that consumer's plugins (consumer > consumer group > route, by plugin name; the
+global rules' plugins stay first), cached per consumer. The consumer's plugins that the route lacks
+then run the phase that identified the consumer (APISIX's `rewrite_in_consumer`), and every later
+phase runs the merged chain. The chain advertises to Rust the union of the phases (and async phases,
+and `needs_body`) of the route's and all consumers' plugins, so a consumer's hook is never skipped.
+`ContextChain` also puts `service_id`, `consumer_name` and `consumer_group_id` in `ctx`.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from pygateway.plugin import PHASES, Plugin, Response
@@ -103,6 +113,132 @@ class Chain:
                 hook(req, resp, ctx)
             except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
                 _report(plugin, LOG, exc)
+
+
+@dataclass
+class ConsumerPlugins:
+    """One consumer's extra plugins (its group's merged with its own, auth plugins left out)."""
+
+    group_id: str | None
+    plugins: list[Plugin]  # highest priority first
+
+
+class ConsumerTable:
+    """Every consumer with a group or extra plugins, shared by the chains of one config."""
+
+    def __init__(self, consumers: dict[str, ConsumerPlugins]) -> None:
+        self.consumers = consumers
+        everyone = [p for c in consumers.values() for p in c.plugins]
+        probe = Chain(everyone)  # raises TypeError for async response-phase hooks, at config time
+        self.phases, self.async_phases, self.needs_body = probe.phases, probe.async_phases, probe.needs_body
+
+
+# ctx key of the chain merged with the consumer's plugins
+_MERGED = "_pygateway_merged_chain"
+
+
+def _by_priority(plugins: list[Plugin]) -> list[Plugin]:
+    return sorted(plugins, key=lambda p: (-p.priority, p.name))
+
+
+class ContextChain(Chain):
+    """A chain that also sets route/consumer values in `ctx` and merges in consumers' plugins."""
+
+    def __init__(
+        self,
+        plugins: list[Plugin],
+        n_global: int = 0,
+        consumers: ConsumerTable | None = None,
+        route_vars: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(plugins)
+        self.n_global = n_global
+        self.table = consumers
+        self.route_vars = route_vars or {}
+        # username -> (the merged chain, the chain of the plugins the consumer adds)
+        self._merged: dict[str, tuple[Chain, Chain]] = {}
+        if consumers is not None:
+            self.phases |= consumers.phases
+            self.async_phases |= consumers.async_phases
+            self.needs_body = self.needs_body or consumers.needs_body
+
+    def _chains_for(self, username: str) -> tuple[Chain, Chain] | None:
+        assert self.table is not None
+        entry = self.table.consumers.get(username)
+        if entry is None or not entry.plugins:
+            return None
+        found = self._merged.get(username)
+        if found is None:
+            route_part = {p.name: p for p in self.plugins[self.n_global :]}
+            added = [p for p in entry.plugins if p.name not in route_part]
+            route_part.update({p.name: p for p in entry.plugins})
+            merged = Chain(self.plugins[: self.n_global] + _by_priority(list(route_part.values())))
+            found = self._merged[username] = (merged, Chain(added))
+        return found
+
+    def _identify(self, req: Any, ctx: dict[str, Any]) -> Chain | None:
+        """After `rewrite`/`access`: the chain of the plugins the consumer adds, once it is known."""
+        username = req.consumer
+        if not username or self.table is None:
+            return None
+        entry = self.table.consumers.get(username)
+        ctx["consumer_name"] = username
+        ctx["consumer_group_id"] = entry.group_id if entry is not None else None
+        chains = self._chains_for(username)
+        if chains is None:
+            ctx[_MERGED] = self
+            return None
+        ctx[_MERGED] = chains[0]
+        return chains[1]
+
+    def run(self, phase: int, req: Any, ctx: dict[str, Any]) -> ShortResponse | None:
+        merged = ctx.get(_MERGED)
+        if merged is not None and merged is not self:
+            return Chain.run(merged, phase, req, ctx)
+        ctx.update(self.route_vars)
+        out = Chain.run(self, phase, req, ctx)
+        if out is None and merged is None and phase <= ACCESS:
+            added = self._identify(req, ctx)
+            if added is not None:
+                return Chain.run(added, phase, req, ctx)
+        return out
+
+    async def run_async(self, phase: int, req: Any, ctx: dict[str, Any]) -> ShortResponse | None:
+        merged = ctx.get(_MERGED)
+        if merged is not None and merged is not self:
+            return await Chain.run_async(merged, phase, req, ctx)
+        ctx.update(self.route_vars)
+        out = await Chain.run_async(self, phase, req, ctx)
+        if out is None and merged is None and phase <= ACCESS:
+            added = self._identify(req, ctx)
+            if added is not None:
+                return await Chain.run_async(added, phase, req, ctx)
+        return out
+
+    def header_filter(self, req: Any, resp: Any, ctx: dict[str, Any]) -> ShortResponse | None:
+        return Chain.header_filter(ctx.get(_MERGED) or self, req, resp, ctx)
+
+    def body_filter(self, req: Any, resp: Any, chunk: bytes, eof: bool, ctx: dict[str, Any]) -> bytes:
+        return Chain.body_filter(ctx.get(_MERGED) or self, req, resp, chunk, eof, ctx)
+
+    def log(self, req: Any, resp: Any, ctx: dict[str, Any]) -> None:
+        Chain.log(ctx.get(_MERGED) or self, req, resp, ctx)
+
+
+def make_chain(
+    global_plugins: list[Plugin],
+    route_plugins: list[Plugin],
+    consumers: ConsumerTable | None = None,
+    route_vars: dict[str, Any] | None = None,
+) -> Chain:
+    """The plain `Chain` unless consumers' plugins may merge in (the route authenticates: it has a
+    plugin with a `ConsumerConfig`) or `ctx` needs route values."""
+    plugins = global_plugins + route_plugins
+    authenticates = any(type(p).ConsumerConfig is not None for p in plugins)
+    table = consumers if consumers is not None and authenticates else None
+    if table is None and not route_vars:
+        return Chain(plugins)
+    return ContextChain(plugins, len(global_plugins), table, route_vars)
 
 
 class AsyncLoop:

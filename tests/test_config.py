@@ -79,7 +79,7 @@ get_plugin = PLUGINS.get
 UP = {"type": "roundrobin", "nodes": [{"host": "127.0.0.1", "port": 8080, "weight": 1}]}
 
 
-KNOWN = "(expected one of routes, services, upstreams, consumers, global_rules, plugin_configs)"
+KNOWN = "(expected one of routes, services, upstreams, consumers, global_rules, plugin_configs, consumer_groups)"
 
 
 def errors_of(raw: dict[str, Any]) -> list[str]:

@@ -1,11 +1,15 @@
 """APISIX `consumer-restriction`: allow or reject requests by the authenticated consumer's name
-(`type: consumer_name`, the default) or by the matched route's id (`type: route_id`).
+(`type: consumer_name`, the default), its consumer group (`consumer_group_id`), the matched route's id
+(`route_id`) or that route's service (`service_id`).
 
 `blacklist` is checked first (a hit is rejected), then `whitelist` (a miss is rejected unless
 `allowed_by_methods` lets that consumer use the request method). Rejections answer `rejected_code`
 (default 403) with `{"message": rejected_msg or "The <type> is forbidden."}`; a request without a
 consumer (no auth plugin authenticated it) gets 401 `{"message": "Missing authentication or identity
-verification."}`. Runs in `access`, after the auth plugins' `rewrite`.
+verification."}`; so does a request whose consumer has no group (`consumer_group_id`) or whose route
+has no service (`service_id`). Runs in `access`, after the auth plugins' `rewrite`. The group and
+service ids come from `ctx` (set by `pygateway.host.ContextChain`); the group is known only on routes
+whose consumer was identified by a plugin with a `ConsumerConfig` (all the shipped auth plugins).
 """
 
 from __future__ import annotations
@@ -47,8 +51,6 @@ class ConsumerRestriction(Plugin):
     @classmethod
     def parse_config(cls, raw: Any) -> Any:
         conf = super().parse_config(raw)
-        if conf.type in ("consumer_group_id", "service_id"):
-            raise invalid("type", f"{conf.type!r} is not supported yet (use consumer_name or route_id)")
         if conf.blacklist is None and conf.whitelist is None and conf.allowed_by_methods is None:
             raise invalid("whitelist", "one of whitelist, blacklist or allowed_by_methods is required")
         return conf
@@ -66,7 +68,13 @@ class ConsumerRestriction(Plugin):
         )
 
     def access(self, req: Request, ctx: dict[str, Any]) -> Response | None:
-        value = req.consumer if self.conf.type == "consumer_name" else req.route_id
+        kind = self.conf.type
+        if kind == "consumer_name":
+            value = req.consumer
+        elif kind == "route_id":
+            value = req.route_id
+        else:
+            value = ctx.get(kind)
         if not value:
             return Response(401, {"message": "Missing authentication or identity verification."})
         if value in self.blacklist:
