@@ -126,24 +126,24 @@ impl Summary {
     }
 }
 
-/// The percentiles of the latency-percentile curve: 0, 10 .. 90, then halving the rest towards 100
-/// (90, 95, 97.5, 99, ...), as HdrHistogram plots do, up to what the sample count can resolve.
+/// The percentiles of the latency-percentile curve: every 5% up to 90, then ten log-spaced steps per
+/// decade of the tail (90, 92.1, 93.7, .., 99, .., 99.9, ..), as HdrHistogram plots do, as deep as
+/// the sample count resolves; 100 (the maximum) last.
 pub fn curve_percentiles(count: u64) -> Vec<f64> {
-    let mut ps: Vec<f64> = (0..9).map(|i| i as f64 * 10.0).collect();
-    let mut tail = 10.0; // 100 - p
-    while tail * count as f64 / 100.0 >= 1.0 && tail > 1e-5 {
-        ps.push(100.0 - tail);
-        for f in [0.75, 0.5, 0.25] {
-            // Finer steps inside each decade: 90, 92.5, 95, 97.5, 99, ...
-            let t = tail * f;
-            if t * count as f64 / 100.0 >= 1.0 {
-                ps.push(100.0 - t);
+    let mut ps: Vec<f64> = (0..18).map(|i| i as f64 * 5.0).collect();
+    let n = count as f64;
+    'decades: for d in 1..=7 {
+        for j in 0..10 {
+            // The fraction of samples above this point: 0.1, 0.079, .., 0.01, ..
+            let above = 10f64.powf(-(d as f64 + j as f64 / 10.0));
+            if above * n < 1.0 {
+                break 'decades;
             }
+            ps.push(100.0 * (1.0 - above));
         }
-        tail /= 10.0;
     }
     ps.push(100.0);
-    ps.dedup();
+    ps.dedup_by(|a, b| (*a - *b).abs() < 1e-12);
     ps
 }
 
@@ -188,6 +188,7 @@ mod tests {
         assert_eq!(c.last(), Some(&100.0));
         assert!(c.windows(2).all(|w| w[0] < w[1]));
         assert!(c.iter().any(|p| (p - 99.9).abs() < 1e-9));
+        assert!(c.iter().any(|p| (p - 50.0).abs() < 1e-9));
         assert!(!c.iter().any(|p| (p - 99.99).abs() < 1e-9));
         assert!(curve_percentiles(1_000_000).len() > c.len());
     }
