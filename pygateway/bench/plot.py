@@ -83,12 +83,12 @@ def _svg(result: dict[str, Any]) -> str:
     series = _series(result)
     max_x = max([1.0] + [x for _, xs, _ in series for x in xs])
     max_y = max([0.001] + [y for _, _, ys in series for y in ys]) * 1.05
-    sx = lambda x: left + (w - left - right) * x / max_x  # noqa: E731
-    sy = lambda y: h - bottom - (h - top - bottom) * y / max_y  # noqa: E731
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" '
-             'font-family="sans-serif" font-size="12">',
-             f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="none" '
-             'stroke="#888"/>']  # fmt: skip
+    sx = lambda x: left + (w - left - right) * x / max_x
+    sy = lambda y: h - bottom - (h - top - bottom) * y / max_y
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" font-size="12">',
+        f'<rect x="{left}" y="{top}" width="{w - left - right}" height="{h - top - bottom}" fill="none" stroke="#888"/>',
+    ]
     for x, label in _ticks(max_x):
         px = sx(x)
         parts.append(f'<line x1="{px:.1f}" y1="{top}" x2="{px:.1f}" y2="{h - bottom}" stroke="#ddd"/>')
@@ -127,7 +127,7 @@ def write_html(result: dict[str, Any], path: str) -> None:
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pygateway bench</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
+body, svg {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 th:first-child {{ text-align: left; }}

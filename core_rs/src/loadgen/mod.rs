@@ -236,7 +236,9 @@ fn check_config(cfg: &Config) -> Result<(), String> {
     }
     if let Some(r) = cfg.rate {
         if !(r.is_finite() && r > 0.0) {
-            return Err(format!("rate: must be a positive number of requests/s, got {r}"));
+            return Err(format!(
+                "rate: must be a positive number of requests/s, got {r}"
+            ));
         }
     }
     if cfg.timeout.is_zero() {
@@ -313,12 +315,12 @@ async fn drive(run: Arc<Run>, t: usize, c: usize, stats: Arc<Stats>) {
     });
     let tpl = &run.templates[t];
     let mut conn: Option<Conn> = None;
-    let mut k: u32 = 0;
+    let mut k: u64 = 0;
     let mut idle_since = TInstant::from_std(run.start);
     loop {
         let now = TInstant::now();
         let intended = match schedule {
-            Some((first, period)) => first + period * k,
+            Some((first, period)) => first + period.mul_f64(k as f64),
             None => now,
         };
         if intended >= end || now >= end || run.stop.load(Relaxed) {

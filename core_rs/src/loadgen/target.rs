@@ -21,7 +21,11 @@ impl Target {
                     "{url}: unsupported scheme {scheme:?} (only http:// — HTTP/1.1 or h2c)"
                 ))
             }
-            None => return Err(format!("{url}: not a URL (expected http://HOST[:PORT]/PATH)")),
+            None => {
+                return Err(format!(
+                    "{url}: not a URL (expected http://HOST[:PORT]/PATH)"
+                ))
+            }
         };
         let (authority, path) = match rest.find(['/', '?']) {
             Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
@@ -76,8 +80,12 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes_and_garbage() {
-        assert!(Target::parse("https://x/").unwrap_err().contains("only http://"));
-        assert!(Target::parse("localhost:80").unwrap_err().contains("not a URL"));
+        assert!(Target::parse("https://x/")
+            .unwrap_err()
+            .contains("only http://"));
+        assert!(Target::parse("localhost:80")
+            .unwrap_err()
+            .contains("not a URL"));
         assert!(Target::parse("http:///x").is_err());
     }
 }

@@ -81,7 +81,11 @@ fn open_loop_offers_the_asked_rate_and_times_the_delay() {
     let r = go(&c);
     let t = &r.targets[0];
     // 200/s for 1 s: ~200 responses (the last few may still be in flight at the end).
-    assert!((180..=205).contains(&t.summary.responses()), "{}", t.summary.responses());
+    assert!(
+        (180..=205).contains(&t.summary.responses()),
+        "{}",
+        t.summary.responses()
+    );
     let p50 = t.summary.percentile_us(50.0);
     assert!((20_000..24_000).contains(&p50), "p50 {p50} µs");
     assert_eq!(t.summary.not_sent, 0);
@@ -117,13 +121,21 @@ fn compare_measures_both_targets_on_one_schedule() {
 #[test]
 fn impossible_rate_reports_what_was_not_sent() {
     let port = server(200, Duration::from_millis(2));
-    let mut c = cfg(vec![format!("http://127.0.0.1:{port}/")], Some(100_000.0), 300);
+    let mut c = cfg(
+        vec![format!("http://127.0.0.1:{port}/")],
+        Some(100_000.0),
+        300,
+    );
     c.connections = 1;
     c.threads = 1;
     let r = go(&c);
     let t = &r.targets[0];
     assert!(t.rate < 1_000.0, "rate {}", t.rate);
-    assert!(t.summary.not_sent > 10_000, "not sent {}", t.summary.not_sent);
+    assert!(
+        t.summary.not_sent > 10_000,
+        "not sent {}",
+        t.summary.not_sent
+    );
 }
 
 #[test]
@@ -150,15 +162,18 @@ fn a_failing_poll_stops_the_run_early() {
     let port = server(200, Duration::ZERO);
     let started = Instant::now();
     let mut polls = 0;
-    let res = run(&cfg(vec![format!("http://127.0.0.1:{port}/")], None, 10_000), |p| {
-        polls += 1;
-        let _ = p.targets();
-        if polls > 3 {
-            Err("stop")
-        } else {
-            Ok(())
-        }
-    });
+    let res = run(
+        &cfg(vec![format!("http://127.0.0.1:{port}/")], None, 10_000),
+        |p| {
+            polls += 1;
+            let _ = p.targets();
+            if polls > 3 {
+                Err("stop")
+            } else {
+                Ok(())
+            }
+        },
+    );
     assert!(matches!(res, Err(Error::Stopped("stop"))));
     assert!(started.elapsed() < Duration::from_secs(2));
 }

@@ -40,7 +40,9 @@ pub fn run_bench(
     progress_interval: f64,
 ) -> PyResult<Py<PyDict>> {
     if urls.is_empty() || urls.len() > 2 {
-        return Err(PyValueError::new_err("urls: give one target, or two to compare"));
+        return Err(PyValueError::new_err(
+            "urls: give one target, or two to compare",
+        ));
     }
     let cfg = Config {
         urls,
@@ -142,7 +144,12 @@ fn report_dict(py: Python<'_>, cfg: &Config, r: &Report) -> PyResult<Py<PyDict>>
         let hist: Vec<(u64, u64)> = s
             .hist
             .iter_recorded()
-            .map(|v| (s.hist.highest_equivalent(v.value_iterated_to()), v.count_at_value()))
+            .map(|v| {
+                (
+                    s.hist.highest_equivalent(v.value_iterated_to()),
+                    v.count_at_value(),
+                )
+            })
             .collect();
         td.set_item("histogram", hist)?;
         targets.append(td)?;
