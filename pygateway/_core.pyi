@@ -129,7 +129,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run `pygateway bench` (one target, or two interleaved) with the GIL released; return the
     result: `mode`, `rate_asked`, `duration` and per target `url`, `requests`, `rate`, `errors`,
-    `status_errors`, `socket_errors`, `timeouts`, `not_sent`, `bytes`, `statuses`, `latency_us`,
+    `status_errors`, `socket_errors`, `last_error`, `timeouts`, `not_sent`, `bytes`, `statuses`, `latency_us`,
     `percentiles` and `curve` ([percentile, µs] pairs), `histogram` ([µs, count] pairs). `progress(dict)` is called every
     `progress_interval` s with `elapsed`, `warmup` and per target `requests`, `errors`, `rate`,
     `p50_us`, `p99_us`. Raises ValueError for bad arguments, ConnectionError for an unreachable target."""

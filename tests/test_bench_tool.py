@@ -220,6 +220,14 @@ def test_unreachable_target_exits_1_naming_it() -> None:
     assert r.returncode == 1 and "http://127.0.0.1:1/" in r.stderr
 
 
+def test_target_not_speaking_h2c_exits_1(delay_server: Any) -> None:
+    srv = delay_server(0.0)  # HTTP/1.1 only
+    url = f"http://127.0.0.1:{srv.port}/"
+    r = bench(url, "--http2", "--duration", "1s")
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"pygateway bench: {url}: first h2c request failed") and r.stderr.count("\n") == 1
+
+
 def test_bad_arguments_are_one_line() -> None:
     r = bench("http://127.0.0.1:1/", "--rate", "fast")
     assert r.returncode == 2 and "--rate" in r.stderr and "expected requests per second" in r.stderr

@@ -76,8 +76,9 @@ def add_comparison(result: dict[str, Any]) -> None:
 def _errors(t: dict[str, Any]) -> str:
     if not t["errors"]:
         return "0 errors"
-    parts = [f"{t['status_errors']} non-2xx/3xx", f"{t['socket_errors']} socket", f"{t['timeouts']} timeouts"]
-    return f"{t['errors']} errors ({', '.join(parts)})"
+    parts = [f"{t['status_errors']:,} non-2xx/3xx", f"{t['socket_errors']:,} socket", f"{t['timeouts']:,} timeouts"]
+    last = f"; last socket error: {t['last_error']}" if t.get("last_error") else ""
+    return f"{t['errors']:,} errors ({', '.join(parts)}){last}"
 
 
 def text(result: dict[str, Any]) -> str:

@@ -137,3 +137,19 @@ impl Conn {
         })
     }
 }
+
+/// An error with its causes ("http2 error: connection error detected: frame with invalid size"):
+/// hyper's own messages alone are too terse to act on.
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.ends_with(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
+}

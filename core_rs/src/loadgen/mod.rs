@@ -151,8 +151,13 @@ pub fn run<E>(
         .map(|t| RequestTemplate::new(t, &cfg.method, &cfg.headers, cfg.body.clone(), cfg.http2))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Config)?;
-    probe(&targets, cfg.http2, cfg.timeout.min(Duration::from_secs(5)))
-        .map_err(Error::Unreachable)?;
+    probe(
+        &targets,
+        &templates,
+        cfg.http2,
+        cfg.timeout.min(Duration::from_secs(5)),
+    )
+    .map_err(Error::Unreachable)?;
 
     let threads = cfg.threads.min(cfg.connections * targets.len()).max(1);
     // A short lead so every thread's runtime is up before the first scheduled send.
@@ -247,21 +252,41 @@ fn check_config(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// One connection to each target before the run, so an unreachable target is one clear error.
-fn probe(targets: &[Target], http2: bool, timeout: Duration) -> Result<(), String> {
+/// One request to each target before the run, so an unreachable target (or one that does not speak
+/// the protocol) is one clear error rather than a run of nothing but socket errors.
+fn probe(
+    targets: &[Target],
+    templates: &[RequestTemplate],
+    http2: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     rt.block_on(async {
-        for t in targets {
-            match tokio::time::timeout(timeout, Conn::connect(t, http2)).await {
-                Ok(Ok(_)) => {}
+        for (t, tpl) in targets.iter().zip(templates) {
+            let mut conn = match tokio::time::timeout(timeout, Conn::connect(t, http2)).await {
+                Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(format!("{}: cannot connect to {}: {e}", t.url, t.addr)),
                 Err(_) => {
                     return Err(format!(
-                        "{}: cannot connect to {}: no answer within {:?}",
-                        t.url, t.addr, timeout
+                        "{}: cannot connect to {}: no answer within {timeout:?}",
+                        t.url, t.addr
+                    ))
+                }
+            };
+            let proto = if http2 { "h2c" } else { "HTTP/1.1" };
+            match tokio::time::timeout(timeout, conn.exchange(tpl)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let e = conn::describe(&e);
+                    return Err(format!("{}: first {proto} request failed: {e}", t.url));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no response to a first {proto} request within {timeout:?}",
+                        t.url
                     ))
                 }
             }
@@ -360,10 +385,10 @@ async fn drive(run: Arc<Run>, t: usize, c: usize, stats: Arc<Stats>) {
             Some(c) => c,
             None => match Conn::connect(&run.targets[t], run.http2).await {
                 Ok(new) => conn.insert(new),
-                Err(_) => {
+                Err(e) => {
                     conn = None;
                     if measured {
-                        stats.socket_errors.fetch_add(1, Relaxed);
+                        stats.socket_error(format_args!("connect: {e}"));
                     }
                     // Do not spin on a refusing target; an open-loop slot waits for its turn anyway.
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -391,10 +416,10 @@ async fn drive(run: Arc<Run>, t: usize, c: usize, stats: Arc<Stats>) {
                     conn = None;
                 }
             }
-            Ok(Err(_)) => {
+            Ok(Err(e)) => {
                 conn = None;
                 if measured {
-                    stats.socket_errors.fetch_add(1, Relaxed);
+                    stats.socket_error(conn::describe(&e));
                 }
             }
             Err(_) => {

@@ -27,6 +27,7 @@ struct Inner {
     hist: Histogram<u64>,
     statuses: BTreeMap<u16, u64>,
     bytes: u64,
+    last_error: Option<String>,
 }
 
 impl Default for Stats {
@@ -36,6 +37,7 @@ impl Default for Stats {
                 hist: new_histogram(),
                 statuses: BTreeMap::new(),
                 bytes: 0,
+                last_error: None,
             }),
             socket_errors: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
@@ -52,6 +54,15 @@ impl Stats {
         *g.statuses.entry(status).or_insert(0) += 1;
         g.bytes += bytes;
     }
+
+    /// A request that got no response (connect, I/O or protocol error); the last message is kept.
+    pub fn socket_error(&self, err: impl std::fmt::Display) {
+        self.socket_errors.fetch_add(1, Relaxed);
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_error = Some(err.to_string());
+    }
 }
 
 /// The merged view of one target across threads.
@@ -63,6 +74,8 @@ pub struct Summary {
     pub socket_errors: u64,
     pub timeouts: u64,
     pub not_sent: u64,
+    /// One of the socket errors' messages, to tell the user what went wrong.
+    pub last_error: Option<String>,
 }
 
 impl Summary {
@@ -75,6 +88,7 @@ impl Summary {
             socket_errors: 0,
             timeouts: 0,
             not_sent: 0,
+            last_error: None,
         };
         for p in parts {
             {
@@ -85,6 +99,9 @@ impl Summary {
                     *s.statuses.entry(*k).or_insert(0) += v;
                 }
                 s.bytes += g.bytes;
+                if g.last_error.is_some() {
+                    s.last_error.clone_from(&g.last_error);
+                }
             }
             s.socket_errors += p.socket_errors.load(Relaxed);
             s.timeouts += p.timeouts.load(Relaxed);
@@ -159,13 +176,15 @@ mod tests {
             a.record(us, 200, 10);
         }
         b.record(5_000, 503, 0);
-        b.socket_errors.fetch_add(2, Relaxed);
+        b.socket_error("reset");
+        b.socket_error("refused");
         b.in_flight.fetch_add(1, Relaxed);
         let s = Summary::merge([&a, &b], true);
         assert_eq!(s.responses(), 1001);
         assert_eq!(s.status_errors(), 1);
         assert_eq!(s.errors(), 1 + 2 + 1);
         assert_eq!(s.bytes, 10_000);
+        assert_eq!(s.last_error.as_deref(), Some("refused"));
         let p50 = s.percentile_us(50.0);
         assert!((499..=502).contains(&p50), "p50 {p50}");
         assert!(s.hist.equivalent(s.percentile_us(100.0), 5_000));

@@ -177,3 +177,31 @@ fn a_failing_poll_stops_the_run_early() {
     assert!(matches!(res, Err(Error::Stopped("stop"))));
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn a_target_that_does_not_speak_h2c_is_refused_up_front() {
+    // An HTTP/1.1-only server: whatever it reads, it answers with an HTTP/1.1 response.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            if s.read(&mut buf).unwrap_or(0) > 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            }
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut c = cfg(vec![url.clone()], None, 100);
+    c.http2 = true;
+    match run(&c, |_p| Ok::<(), ()>(())) {
+        Err(Error::Unreachable(m)) => {
+            assert!(
+                m.starts_with(&format!("{url}: first h2c request failed")),
+                "{m}"
+            )
+        }
+        other => panic!("expected Unreachable, got {:?}", other.err()),
+    }
+}

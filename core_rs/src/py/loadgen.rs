@@ -118,6 +118,7 @@ fn report_dict(py: Python<'_>, cfg: &Config, r: &Report) -> PyResult<Py<PyDict>>
         td.set_item("errors", s.errors())?;
         td.set_item("status_errors", s.status_errors())?;
         td.set_item("socket_errors", s.socket_errors)?;
+        td.set_item("last_error", &s.last_error)?;
         td.set_item("timeouts", s.timeouts)?;
         td.set_item("not_sent", s.not_sent)?;
         td.set_item("bytes", s.bytes)?;
