@@ -101,8 +101,10 @@ def text(result: dict[str, Any]) -> str:
         if statuses:
             lines.append(f"    statuses {statuses}")
         if asked and t["rate"] < 0.9 * asked:
-            lines.append(f"    warning: the asked rate was not reached ({t['not_sent']:,} requests never sent): "
-                         "the target or this client is saturated; try more --connections or --threads")  # fmt: skip
+            why = ("the target or this client could not keep up; try more --connections or --threads"
+                   if t["not_sent"] else "see the errors")  # fmt: skip
+            lines.append(f"    warning: the asked rate was not reached ({t['not_sent']:,} requests never sent, "
+                         f"{t['errors']:,} failed): {why}")  # fmt: skip
     return "\n".join(lines)
 
 
