@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -263,3 +264,19 @@ def test_impossible_rate_prints_achieved_beside_asked_and_progress_on_a_tty(dela
     achieved = float(m.group(1).replace(",", ""))
     assert 100 < achieved < 1_000, achieved  # one connection to a 1 ms server
     assert "warning: the asked rate was not reached" in out
+
+
+def test_ctrl_c_stops_the_run_at_once(delay_server: Any) -> None:
+    srv = delay_server(0.001)
+    # Python keeps SIGINT ignored if its parent ignored it (as a shell does for background jobs).
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from pygateway.cli import main; "
+            f"sys.exit(main(['bench', 'http://127.0.0.1:{srv.port}/', '--duration', '30s', '--connections', '5']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and err == "pygateway bench: interrupted\n"
+    assert time.monotonic() - sent < 1.0

@@ -102,7 +102,8 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if progress:
             progress.clear()
-        return _fail("interrupted")
+        _fail("interrupted")
+        return 130
     if progress:
         progress.clear()
     report.add_comparison(result)
