@@ -42,7 +42,7 @@ def _series(result: dict[str, Any]) -> list[tuple[str, list[float], list[float]]
 
 def _ticks(max_x: float) -> list[tuple[float, str]]:
     ticks = [(0.0, "0%")]
-    for d in range(1, max(1, math.ceil(max_x)) + 1):
+    for d in range(1, max(1, math.floor(max_x + 1e-9)) + 1):
         ticks.append((float(d), f"{100 - 100 / 10**d:.{max(0, d - 2)}f}%"))
     return ticks
 
