@@ -128,3 +128,25 @@ class CidrSet:
 def check_snapshot(snapshot: bytes) -> int: ...
 def verify_jws_signature(alg: str, key: bytes, signing_input: bytes, signature: bytes) -> bool: ...
 def check_jws_key(alg: str, key: bytes) -> None: ...
+def run_bench(
+    urls: list[str],
+    *,
+    rate: float | None = None,
+    duration: float = 10.0,
+    warmup: float = 1.0,
+    connections: int = 50,
+    threads: int = 1,
+    http2: bool = False,
+    method: str = "GET",
+    headers: list[tuple[str, str]] = ...,
+    body: bytes = ...,
+    timeout: float = 10.0,
+    progress: Callable[[dict[str, Any]], object] | None = None,
+    progress_interval: float = 1.0,
+) -> dict[str, Any]:
+    """Run `pygateway bench` (one target, or two interleaved) with the GIL released; return the
+    result: `mode`, `rate_asked`, `duration` and per target `url`, `requests`, `rate`, `errors`,
+    `status_errors`, `socket_errors`, `last_error`, `timeouts`, `not_sent`, `bytes`, `statuses`, `latency_us`,
+    `percentiles` and `curve` ([percentile, µs] pairs), `histogram` ([µs, count] pairs). `progress(dict)` is called every
+    `progress_interval` s with `elapsed`, `warmup` and per target `requests`, `errors`, `rate`,
+    `p50_us`, `p99_us`. Raises ValueError for bad arguments, ConnectionError for an unreachable target."""

@@ -1,4 +1,4 @@
-"""`pygateway run | validate | version | plugins list`."""
+"""`pygateway run | validate | version | plugins list | bench`."""
 
 from __future__ import annotations
 
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="plugin information")
     plugins.add_argument("action", choices=["list"])
     plugins.add_argument("--plugin-dir", action="append", default=[])
+    from pygateway import bench
+
+    bench.add_parser(sub)
     return p
 
 
@@ -272,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.config, args.plugin_dir or [])
     if args.cmd == "plugins":
         return _plugins_list(args.plugin_dir or [])
+    if args.cmd == "bench":
+        from pygateway import bench
+
+        return bench.main(args)
     return _run(args)
 
 

@@ -2,6 +2,7 @@
 pub mod accesslog;
 pub mod config;
 pub mod limit;
+pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
 pub mod py;

@@ -3,6 +3,7 @@
 pub mod cidr;
 pub mod host;
 pub mod jwt;
+pub mod loadgen;
 pub mod views;
 
 use crate::accesslog::{AccessLog, LogFormat, Sink};
@@ -459,6 +460,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_snapshot, m)?)?;
     m.add_function(wrap_pyfunction!(jwt::verify_jws_signature, m)?)?;
     m.add_function(wrap_pyfunction!(jwt::check_jws_key, m)?)?;
+    m.add_function(wrap_pyfunction!(loadgen::run_bench, m)?)?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
