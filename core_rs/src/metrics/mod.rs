@@ -478,3 +478,35 @@ mod tests {
         assert!(text.contains("route=\"we\\\"ird\\\\\""), "{text}");
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use std::sync::Arc;
+
+    /// `cargo test --release --lib metrics::cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn cost_of_a_sample() {
+        let shm = Arc::new(MetricsShm::anonymous(1, 1 << 20).unwrap());
+        let r = Recorder::new(shm, 0);
+        let n = 1_000_000;
+        let t = crate::accesslog::cost::thread_cpu_ns();
+        for i in 0..n {
+            r.http(&HttpSample {
+                code: 200,
+                route: "plain",
+                matched_uri: "/plain",
+                matched_host: "",
+                service: "",
+                consumer: "",
+                node: "127.0.0.1",
+                ingress: 80,
+                egress: 140,
+                request_us: 400 + (i % 100),
+                upstream_us: Some(300),
+            });
+        }
+        println!("{:.0} ns per sample", (crate::accesslog::cost::thread_cpu_ns() - t) as f64 / n as f64);
+    }
+}
