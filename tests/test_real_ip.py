@@ -201,7 +201,9 @@ def test_garbage_or_ambiguous_sources_keep_the_peer(
     assert seen(client, f"{gw.url}/real/x", {"X-Real-IP": "1.1.1.1"}) == "1.1.1.1"
 
 
-def test_route_matching_keeps_the_peer(upstream: Up, gateway: Gw, client: httpx.Client, tmp_path: Path) -> None:
+def test_route_matching_keeps_the_peer(
+    upstream: Up, gateway: Gw, client: httpx.Client, tmp_path: Path
+) -> None:
     """As in APISIX, real-ip runs after routing: `remote_addrs` match the TCP peer."""
     up = upstream()
     ri = {"real-ip": {"source": XFF}}
