@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from pygateway._core import CidrSet
 from pygateway.plugin import Plugin
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -119,4 +120,31 @@ class OpenTelemetry(Plugin):
         sampler: Sampler = msgspec.field(default_factory=Sampler)
 
 
-NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus, OpenTelemetry)
+class RealIp(Plugin):
+    """The client address from a trusted proxy's header or a variable (nginx `realip`). Applied in
+    Rust right after routing, so route `remote_addrs` see the TCP peer and everything after (plugins,
+    limiters, X-Forwarded-For, access log) sees the real client."""
+
+    name = "real-ip"
+    priority = 23000
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        source: Annotated[str, msgspec.Meta(min_length=1)]
+        trusted_addresses: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
+        recursive: bool = False
+
+    @classmethod
+    def parse_config(cls, raw: Any) -> Any:
+        conf = super().parse_config(raw)
+        for i, entry in enumerate(conf.trusted_addresses or []):
+            try:
+                CidrSet([entry])
+            except ValueError:
+                raise msgspec.ValidationError(
+                    f"invalid ip address: {entry} - at `$.trusted_addresses[{i}]`"
+                ) from None
+        return conf
+
+
+NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus, OpenTelemetry, RealIp)

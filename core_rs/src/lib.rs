@@ -1,5 +1,6 @@
 //! pygateway's data plane. Everything but `py/` is free of PyO3, so `cargo test` runs without Python.
 pub mod accesslog;
+pub mod cidr;
 pub mod config;
 pub mod limit;
 pub mod loadgen;

@@ -4,6 +4,7 @@ pub mod h1client;
 pub mod lb;
 pub mod normalize;
 pub mod observe;
+pub mod realip;
 pub mod table;
 pub mod trace;
 pub mod vars;
@@ -196,31 +197,35 @@ pub async fn handle(
         v4 => v4,
     };
     let table = shared.table.load_full();
-    let route_idx = {
-        let vars = ReqVars {
-            headers: req.headers(),
-            query: req.uri().query(),
-            path: &path,
-            host: &host,
-            method: req.method().as_str(),
-            remote,
-            scheme: "http",
-            consumer: None,
-        };
-        let input = crate::router::MatchInput {
-            path: &path,
-            host: &host,
-            method: req.method().as_str(),
-            remote_addr: remote,
-            vars: &vars,
-        };
-        table.router.find(&input)
+    let vars = ReqVars {
+        headers: req.headers(),
+        query: req.uri().query(),
+        path: &path,
+        host: &host,
+        method: req.method().as_str(),
+        remote,
+        scheme: "http",
+        consumer: None,
     };
+    let route_idx = table.router.find(&crate::router::MatchInput {
+        path: &path,
+        host: &host,
+        method: req.method().as_str(),
+        remote_addr: remote,
+        vars: &vars,
+    });
     let Some(idx) = route_idx else {
         ex.metrics = table.metrics_unmatched;
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
     let route = &table.routes[idx];
+    // real-ip: from here on (plugins, limiters, X-Forwarded-For, log) the client is the real one.
+    let real = route
+        .real_ip
+        .as_ref()
+        .and_then(|r| r.client(&vars, peer.port()));
+    let (remote, client_port) = real.unwrap_or((remote, peer.port()));
+    ex.client_ip = real.map(|r| r.0);
     ex.metrics = route.obs.metrics;
     ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
     ex.route = Some(route.obs.clone());
@@ -277,7 +282,7 @@ pub async fn handle(
             query: out.query.take(),
             headers: std::mem::take(&mut out.headers),
             client_ip: remote,
-            client_port: peer.port(),
+            client_port,
             host: host.clone(),
             scheme: "http",
             route_id: route.id.clone(),

@@ -77,6 +77,8 @@ pub struct Exchange {
     /// Method and target of a sampled request (span attributes).
     pub span_target: Option<(http::Method, String)>,
     pub upstream_start_ns: u64,
+    /// The client address `real-ip` found (the access log's `$remote_addr` prefers it to the peer).
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -131,6 +133,10 @@ pub fn meter(
     record_health(obs, &ex);
     if !ex.metrics && capture.is_none() && ex.span_target.is_none() {
         return resp;
+    }
+    let mut capture = capture;
+    if let (Some(c), Some(ip)) = (capture.as_mut(), ex.client_ip) {
+        c.peer.set_ip(ip);
     }
     let status = resp.status().as_u16();
     let head = resp_head_len(&resp);

@@ -31,6 +31,8 @@ pub struct CompiledRoute {
     pub obs: Arc<RouteObs>,
     /// The `opentelemetry` plugin: trace context and spans.
     pub otel: Option<crate::proxy::trace::OtelConf>,
+    /// The `real-ip` plugin: the client address from a trusted proxy's header.
+    pub real_ip: Option<crate::proxy::realip::RealIp>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -319,6 +321,13 @@ fn compile_route(
             )));
         }
     }
+    let real_ip = match r.plugins.get("real-ip") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            crate::proxy::realip::RealIp::compile(v)
+                .map_err(|e| CompileError(format!("routes[{}].plugins.real-ip.{e}", r.id)))?,
+        ),
+    };
     let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
     let id: Arc<str> = Arc::from(r.id.as_str());
     let obs = RouteObs {
@@ -343,6 +352,7 @@ fn compile_route(
         chain,
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
+        real_ip,
     })
 }
 
