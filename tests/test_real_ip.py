@@ -110,7 +110,7 @@ def test_trusted_peer_sets_the_client_for_plugins_limiters_upstream_and_log(
     assert h["x-seen-client"].split()[0] == "4.4.4.4"
     # Without a port in the source, the port stays the peer's.
     assert h["x-seen-client"].split()[1].isdigit() and h["x-seen-client"].split()[1] != "0"
-    lines = read_log(log, 13)
+    lines = read_log(log, 15)  # every request above: 3 + 2 + 6 + 3 + 1
     by_uri: dict[str, list[str]] = {}
     for line in lines:
         by_uri.setdefault(line["uri"], []).append(line["client_ip"])
