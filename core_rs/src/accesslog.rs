@@ -486,6 +486,17 @@ impl AccessLog {
         0
     }
 
+    /// `log` with another format (file-logger: one writer per path, the route's format).
+    pub fn log_with(&self, format: &LogFormat, c: &Capture, d: &Done<'_>) -> u64 {
+        let mut buf = self.buf.borrow_mut();
+        format.write(&mut buf, c, d);
+        if buf.len() >= BATCH {
+            drop(buf);
+            return self.flush();
+        }
+        0
+    }
+
     /// Send what is buffered; returns how many lines were dropped because the writer is behind.
     pub fn flush(&self) -> u64 {
         let mut buf = self.buf.borrow_mut();

@@ -2,6 +2,7 @@
 pub mod body;
 pub mod h1client;
 pub mod lb;
+pub mod loggers;
 pub mod normalize;
 pub mod observe;
 pub mod table;
@@ -224,6 +225,13 @@ pub async fn handle(
     ex.metrics = route.obs.metrics;
     ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
     ex.route = Some(route.obs.clone());
+    if let Some(l) = &route.loggers {
+        ex.logs = Some(loggers::LogCapture::new(l, &req, peer));
+        ex.wants_consumer = true;
+        if ex.trace_id.is_none() {
+            ex.trace_id = observe::trace_id(&req);
+        }
+    }
     if let Some(conf) = &route.otel {
         let tp = req
             .headers()

@@ -31,6 +31,8 @@ pub struct CompiledRoute {
     pub obs: Arc<RouteObs>,
     /// The `opentelemetry` plugin: trace context and spans.
     pub otel: Option<crate::proxy::trace::OtelConf>,
+    /// `file-logger` / `http-logger`.
+    pub loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -343,6 +345,7 @@ fn compile_route(
         chain,
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
+        loggers: crate::proxy::loggers::compile(r)?,
     })
 }
 
