@@ -643,7 +643,7 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     global_entries = [p for rule in cfg.global_rules.values() for p in rule.plugins.values() if not p.disabled]
     global_plugins = _with_plugin_upstreams(cfg, _sorted_pairs(p for p in global_entries if not p.cls.native))
     snapshot: dict[str, Any] = {"version": version, "routes": routes}
-    # Global `prometheus` / `opentelemetry` act on every route (a route's own conf wins); a global
+    # Global `prometheus` / `opentelemetry` / `file-logger` / `http-logger` act on every route (a route's own conf wins); a global
     # `prometheus` also counts requests that match no route.
     per_route = {p.cls.name: msgspec.to_builtins(p.conf) for p in global_entries if p.cls.name in _GLOBAL_NATIVE}
     if per_route:
@@ -652,7 +652,7 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     return snapshot, python_plugins, global_plugins
 
 
-_GLOBAL_NATIVE = ("prometheus", "opentelemetry")
+_GLOBAL_NATIVE = ("prometheus", "opentelemetry", "file-logger", "http-logger")
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).
