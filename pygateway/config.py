@@ -649,6 +649,7 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     if per_route:
         snapshot["routes"] = [{**r, "plugins": {**per_route, **r["plugins"]}} for r in routes]
         snapshot["metrics_unmatched"] = "prometheus" in per_route
+        snapshot["unmatched_loggers"] = {k: v for k, v in per_route.items() if k.endswith("-logger")}
     return snapshot, python_plugins, global_plugins
 
 

@@ -277,12 +277,13 @@ def test_both_loggers_as_global_rules_log_every_route(gateway, upstream, receive
         "routes": [route("r1", "/a", up), route("r2", "/b", up, plugins={"prometheus": {}})],
         "global_rules": [{"id": "g1", "plugins": {
             "file-logger": {"path": str(path), "log_format": {"r": "$route_id", "u": "$uri"}},
-            "http-logger": {"uri": rcv.url, "batch_max_size": 2, "log_format": {"r": "$route_id"}}}}],
+            "http-logger": {"uri": rcv.url, "batch_max_size": 2, "inactive_timeout": 1, "log_format": {"r": "$route_id"}}}}],
     })  # fmt: skip
     httpx.get(f"{gw.url}/a")
     httpx.get(f"{gw.url}/b")
-    assert sorted(read_lines(path, 2)) == ['{"r":"r1","u":"/a"}', '{"r":"r2","u":"/b"}']
-    assert sorted(e["r"] for e in rcv.wait_entries(2)) == ["r1", "r2"]
+    assert httpx.get(f"{gw.url}/nowhere").status_code == 404  # no route: still logged, as in APISIX
+    assert sorted(read_lines(path, 3)) == ['{"r":"r1","u":"/a"}', '{"r":"r2","u":"/b"}', '{"r":null,"u":"/nowhere"}']
+    assert sorted(str(e["r"]) for e in rcv.wait_entries(3)) == ["None", "r1", "r2"]
 
 
 def test_bad_logger_configs_are_refused_naming_the_field(gateway, upstream, tmp_path):
@@ -299,9 +300,9 @@ def test_bad_logger_configs_are_refused_naming_the_field(gateway, upstream, tmp_
         ({"file-logger": {"path": str(tmp_path / "x.log"), "log_format": {"a": 1}}}, "log_format"),
     ]:
         before = gw.log()
+        rejected = before.count("rejected; still serving")
         write_config(gw.config_path, {"routes": [route("r1", "/*", up, plugins=plugins)]})
-        wait_for(lambda: gw.log().count("rejected; still serving") > before.count("rejected; still serving"),
-                 what="the config to be rejected")  # fmt: skip
+        wait_for(lambda n=rejected: gw.log().count("rejected; still serving") > n, what="the config to be rejected")
         new = gw.log()[len(before):]
         name = next(iter(plugins))
         assert name in new and field in new, (plugins, new)

@@ -237,7 +237,10 @@ impl HttpLogQueue {
         };
         let mut out: Vec<(Arc<str>, Vec<Vec<u8>>)> = Vec::new();
         for (t, e) in taken {
-            match out.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &t) || **k == *t) {
+            match out
+                .iter_mut()
+                .find(|(k, _)| Arc::ptr_eq(k, &t) || **k == *t)
+            {
                 Some((_, v)) => v.push(e),
                 None => out.push((t, vec![e])),
             }
@@ -299,7 +302,10 @@ mod tests {
         })))
         .err()
         .unwrap();
-        assert!(e.0.contains("plugins.http-logger.log_format") && e.0.contains("$nope"), "{e}");
+        assert!(
+            e.0.contains("plugins.http-logger.log_format") && e.0.contains("$nope"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -219,6 +219,9 @@ pub async fn handle(
     };
     let Some(idx) = route_idx else {
         ex.metrics = table.metrics_unmatched;
+        if let Some(l) = &table.unmatched_loggers {
+            ex.logs = Some(loggers::LogCapture::new(l, &req, peer));
+        }
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
     let route = &table.routes[idx];

@@ -5,9 +5,9 @@ use crate::metrics::shm::{
     G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_FILE_LOG_DROPPED, G_HTTP_LOG_DROPPED,
     G_HTTP_LOG_FAILED, G_LOG_DROPPED, G_SPANS_DROPPED,
 };
-use crate::proxy::loggers::{LogCapture, LoggerSinks};
 use crate::metrics::{HttpSample, Recorder};
 use crate::proxy::body::GwBody;
+use crate::proxy::loggers::{LogCapture, LoggerSinks};
 use crate::proxy::table::{RouteObs, Upstream};
 use crate::proxy::trace::{self, Span, SpanQueue, TraceCtx};
 use http::Response;

@@ -17,6 +17,8 @@ pub struct RouteTable {
     pub routes: Vec<CompiledRoute>,
     /// Count requests that match no route (a global rule enables `prometheus`).
     pub metrics_unmatched: bool,
+    /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
+    pub unmatched_loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
 }
 
 pub struct CompiledRoute {
@@ -356,6 +358,7 @@ impl RouteTable {
             router: Router::build(&[]).expect("empty router"),
             routes: Vec::new(),
             metrics_unmatched: false,
+            unmatched_loggers: None,
         }
     }
 
@@ -393,6 +396,11 @@ impl RouteTable {
             router,
             routes,
             metrics_unmatched: snap.metrics_unmatched,
+            unmatched_loggers: crate::proxy::loggers::compile(&RouteConf {
+                id: "global".into(),
+                plugins: snap.unmatched_loggers.clone(),
+                ..Default::default()
+            })?,
         })
     }
 }
