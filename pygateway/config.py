@@ -643,16 +643,17 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     global_entries = [p for rule in cfg.global_rules.values() for p in rule.plugins.values() if not p.disabled]
     global_plugins = _with_plugin_upstreams(cfg, _sorted_pairs(p for p in global_entries if not p.cls.native))
     snapshot: dict[str, Any] = {"version": version, "routes": routes}
-    # Global `prometheus` / `opentelemetry` / `real-ip` act on every route (a route's own conf wins);
-    # a global `prometheus` also counts requests that match no route.
+    # Global `prometheus` / `opentelemetry` / `real-ip` / `file-logger` / `http-logger` act on every
+    # route (a route's own conf wins); a global `prometheus` also counts requests that match no route.
     per_route = {p.cls.name: msgspec.to_builtins(p.conf) for p in global_entries if p.cls.name in _GLOBAL_NATIVE}
     if per_route:
         snapshot["routes"] = [{**r, "plugins": {**per_route, **r["plugins"]}} for r in routes]
         snapshot["metrics_unmatched"] = "prometheus" in per_route
+        snapshot["unmatched_loggers"] = {k: v for k, v in per_route.items() if k.endswith("-logger")}
     return snapshot, python_plugins, global_plugins
 
 
-_GLOBAL_NATIVE = ("prometheus", "opentelemetry", "real-ip")
+_GLOBAL_NATIVE = ("prometheus", "opentelemetry", "real-ip", "file-logger", "http-logger")
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).

@@ -147,4 +147,70 @@ class RealIp(Plugin):
         return conf
 
 
-NATIVE_PLUGINS: tuple[type[Plugin], ...] = (LimitReq, LimitCount, Prometheus, OpenTelemetry, RealIp)
+
+LogFormat = dict[str, str]  # field -> "$variable" (or a text with `$variables`): APISIX's `log_format`
+
+
+def _no_bodies(conf: Any) -> Any:
+    """Request/response bodies are not logged (entries are made in Rust from the request head)."""
+    for field in ("include_req_body", "include_resp_body"):
+        if getattr(conf, field):
+            raise msgspec.ValidationError(f"bodies are not logged; only `false` is supported - at `$.{field}`")
+    return conf
+
+
+class FileLogger(Plugin):
+    """One JSON line per request appended to `path` (a writer thread per file; reopened on SIGUSR1)."""
+
+    name = "file-logger"
+    priority = 399
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        path: Annotated[str, msgspec.Meta(min_length=1, pattern=r"[^/]$")]
+        log_format: LogFormat | None = None
+        include_req_body: bool = False
+        include_resp_body: bool = False
+
+    @classmethod
+    def parse_config(cls, raw: Any) -> Any:
+        return _no_bodies(super().parse_config(raw))
+
+
+class HttpLogger(Plugin):
+    """Log entries POSTed in batches to `uri` by a sender thread of the worker (APISIX's batch processor:
+    `batch_max_size`, `inactive_timeout`, `buffer_duration`, `max_retry_count`, `retry_delay`). At most
+    `max_pending_entries` entries per worker wait to be sent; beyond that new ones are dropped and counted
+    (`pygateway_http_logger_dropped_total`)."""
+
+    name = "http-logger"
+    priority = 410
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        uri: Annotated[str, msgspec.Meta(pattern=r"^[^/]+://([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?")]
+        auth_header: str | None = None
+        timeout: Annotated[int, msgspec.Meta(ge=1)] = 3
+        log_format: LogFormat | None = None
+        include_req_body: bool = False
+        include_resp_body: bool = False
+        concat_method: Literal["json", "new_line"] = "json"
+        ssl_verify: bool = False
+        # APISIX's batch processor
+        name: str = "http logger"
+        batch_max_size: Annotated[int, msgspec.Meta(ge=1)] = 1000
+        inactive_timeout: Annotated[int, msgspec.Meta(ge=1)] = 5
+        buffer_duration: Annotated[int, msgspec.Meta(ge=1)] = 60
+        max_retry_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+        retry_delay: Annotated[int, msgspec.Meta(ge=0)] = 1
+        # APISIX keeps this in the plugin metadata; here it is per conf (the bound is per worker).
+        max_pending_entries: Annotated[int, msgspec.Meta(ge=1)] = 8192
+
+    @classmethod
+    def parse_config(cls, raw: Any) -> Any:
+        return _no_bodies(super().parse_config(raw))
+
+
+NATIVE_PLUGINS: tuple[type[Plugin], ...] = (
+    LimitReq, LimitCount, Prometheus, OpenTelemetry, RealIp, FileLogger, HttpLogger,
+)  # fmt: skip

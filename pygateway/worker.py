@@ -20,6 +20,7 @@ import orjson
 from pygateway import _core
 from pygateway.compiled import Compiled
 from pygateway.host import AsyncLoop
+from pygateway.http_logger import Sender
 from pygateway.registry import PluginLoadError, Registry
 
 log = logging.getLogger("pygateway.worker")
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         from pygateway.otel import Exporter
 
         Exporter(worker.drain_spans, args.otlp_endpoint, args.otlp_service_name).start()
+    Sender(worker).start()  # idle unless a route has http-logger
     loop = AsyncLoop()
     worker.set_async_submit(loop.submit)
     threading.Thread(target=_reader, args=(worker, registry), name="pygateway-config", daemon=True).start()

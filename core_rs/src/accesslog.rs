@@ -290,14 +290,22 @@ fn value(out: &mut Vec<u8>, v: &Var, c: &Capture, d: &Done<'_>) {
         Var::Request => {
             out.extend_from_slice(c.method.as_str().as_bytes());
             out.push(b' ');
-            out.extend_from_slice(c.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+            out.extend_from_slice(
+                c.uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            );
             out.push(b' ');
             out.extend_from_slice(protocol(c.version).as_bytes());
         }
         Var::RequestMethod => out.extend_from_slice(c.method.as_str().as_bytes()),
-        Var::RequestUri => {
-            out.extend_from_slice(c.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes())
-        }
+        Var::RequestUri => out.extend_from_slice(
+            c.uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        ),
         Var::Uri => out.extend_from_slice(c.uri.path().as_bytes()),
         Var::Args => out.extend_from_slice(c.uri.query().unwrap_or("").as_bytes()),
         Var::ServerProtocol => out.extend_from_slice(protocol(c.version).as_bytes()),
@@ -474,7 +482,10 @@ fn formatted(secs: u64) -> (String, String) {
     let (h, mi, s) = (r / 3600, r % 3600 / 60, r % 60);
     (
         format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}+00:00"),
-        format!("{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000", MON[(mo - 1) as usize]),
+        format!(
+            "{d:02}/{}/{y:04}:{h:02}:{mi:02}:{s:02} +0000",
+            MON[(mo - 1) as usize]
+        ),
     )
 }
 
@@ -545,6 +556,17 @@ impl AccessLog {
     pub fn log(&self, c: &Capture, d: &Done<'_>) -> u64 {
         let mut buf = self.buf.borrow_mut();
         self.format.write(&mut buf, c, d);
+        if buf.len() >= BATCH {
+            drop(buf);
+            return self.flush();
+        }
+        0
+    }
+
+    /// `log` with another format (file-logger: one writer per path, the route's format).
+    pub fn log_with(&self, format: &LogFormat, c: &Capture, d: &Done<'_>) -> u64 {
+        let mut buf = self.buf.borrow_mut();
+        format.write(&mut buf, c, d);
         if buf.len() >= BATCH {
             drop(buf);
             return self.flush();
@@ -730,7 +752,10 @@ pub(crate) mod cost {
         for _ in 0..n {
             std::hint::black_box(Capture::new(&f, &req, "127.0.0.1:5555".parse().unwrap()));
         }
-        println!("{:.0} ns per capture", (thread_cpu_ns() - t) as f64 / n as f64);
+        println!(
+            "{:.0} ns per capture",
+            (thread_cpu_ns() - t) as f64 / n as f64
+        );
         let t = thread_cpu_ns();
         for _ in 0..n {
             let c = Capture::new(&f, &req, "127.0.0.1:5555".parse().unwrap());

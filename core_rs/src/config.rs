@@ -15,6 +15,9 @@ pub struct Snapshot {
     /// A global rule enables `prometheus`: requests that match no route are counted too.
     #[serde(default)]
     pub metrics_unmatched: bool,
+    /// Global `file-logger` / `http-logger` confs: they log requests that match no route too.
+    #[serde(default)]
+    pub unmatched_loggers: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

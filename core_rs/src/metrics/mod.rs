@@ -398,6 +398,21 @@ pub fn render(shm: &MetricsShm) -> String {
             "Trace spans dropped because the export queue was full",
         ),
         (
+            "pygateway_file_logger_dropped_total",
+            shm::G_FILE_LOG_DROPPED,
+            "file-logger lines dropped because the writer fell behind or the file cannot be opened",
+        ),
+        (
+            "pygateway_http_logger_dropped_total",
+            shm::G_HTTP_LOG_DROPPED,
+            "http-logger entries dropped because max_pending_entries were pending",
+        ),
+        (
+            "pygateway_http_logger_failed_total",
+            shm::G_HTTP_LOG_FAILED,
+            "http-logger entries given up after max_retry_count failed deliveries",
+        ),
+        (
             "pygateway_metrics_entries_dropped_total",
             shm::G_SLAB_FULL,
             "Metric samples not recorded because a worker's metrics slab is full",
@@ -507,6 +522,9 @@ mod cost {
                 upstream_us: Some(300),
             });
         }
-        println!("{:.0} ns per sample", (crate::accesslog::cost::thread_cpu_ns() - t) as f64 / n as f64);
+        println!(
+            "{:.0} ns per sample",
+            (crate::accesslog::cost::thread_cpu_ns() - t) as f64 / n as f64
+        );
     }
 }

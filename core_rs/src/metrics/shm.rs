@@ -28,6 +28,9 @@ pub const G_INFLIGHT: usize = 4;
 pub const G_LOG_DROPPED: usize = 5;
 pub const G_SLAB_FULL: usize = 6;
 pub const G_SPANS_DROPPED: usize = 7;
+pub const G_FILE_LOG_DROPPED: usize = 8;
+pub const G_HTTP_LOG_DROPPED: usize = 9;
+pub const G_HTTP_LOG_FAILED: usize = 10;
 
 pub struct MetricsShm {
     _map: MmapMut,

@@ -2,6 +2,7 @@
 pub mod body;
 pub mod h1client;
 pub mod lb;
+pub mod loggers;
 pub mod normalize;
 pub mod observe;
 pub mod realip;
@@ -216,6 +217,9 @@ pub async fn handle(
     });
     let Some(idx) = route_idx else {
         ex.metrics = table.metrics_unmatched;
+        if let Some(l) = &table.unmatched_loggers {
+            ex.logs = Some(loggers::LogCapture::new(l, &req, peer));
+        }
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
     let route = &table.routes[idx];
@@ -229,6 +233,17 @@ pub async fn handle(
     ex.metrics = route.obs.metrics;
     ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
     ex.route = Some(route.obs.clone());
+    if let Some(l) = &route.loggers {
+        ex.logs = Some(loggers::LogCapture::new(
+            l,
+            &req,
+            SocketAddr::new(remote, client_port),
+        ));
+        ex.wants_consumer = true;
+        if ex.trace_id.is_none() {
+            ex.trace_id = observe::trace_id(&req);
+        }
+    }
     if let Some(conf) = &route.otel {
         let tp = req
             .headers()

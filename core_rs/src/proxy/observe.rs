@@ -2,10 +2,12 @@
 //! Rust when the response body is done (or dropped), never by Python.
 use crate::accesslog::{AccessLog, Capture, Done};
 use crate::metrics::shm::{
-    G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_LOG_DROPPED, G_SPANS_DROPPED,
+    G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_FILE_LOG_DROPPED, G_HTTP_LOG_DROPPED,
+    G_HTTP_LOG_FAILED, G_LOG_DROPPED, G_SPANS_DROPPED,
 };
 use crate::metrics::{HttpSample, Recorder};
 use crate::proxy::body::GwBody;
+use crate::proxy::loggers::{LogCapture, LoggerSinks};
 use crate::proxy::table::{RouteObs, Upstream};
 use crate::proxy::trace::{self, Span, SpanQueue, TraceCtx};
 use http::Response;
@@ -19,6 +21,8 @@ pub struct Observer {
     pub rec: Recorder,
     pub log: Option<AccessLog>,
     pub spans: Arc<SpanQueue>,
+    /// `file-logger` writers and the `http-logger` queue.
+    pub loggers: LoggerSinks,
 }
 
 impl Observer {
@@ -37,6 +41,14 @@ impl Observer {
             if dropped > 0 {
                 self.rec.bump(G_LOG_DROPPED, dropped as i64);
             }
+        }
+        let dropped = self.loggers.flush();
+        if dropped > 0 {
+            self.rec.bump(G_FILE_LOG_DROPPED, dropped as i64);
+        }
+        let failed = self.loggers.http.take_failed();
+        if failed > 0 {
+            self.rec.bump(G_HTTP_LOG_FAILED, failed as i64);
         }
     }
 }
@@ -79,6 +91,8 @@ pub struct Exchange {
     pub upstream_start_ns: u64,
     /// The client address `real-ip` found (the access log's `$remote_addr` prefers it to the peer).
     pub client_ip: Option<std::net::IpAddr>,
+    /// Captured on routes with `file-logger` / `http-logger`.
+    pub logs: Option<Box<LogCapture>>,
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -131,7 +145,7 @@ pub fn meter(
     capture: Option<Box<Capture>>,
 ) -> Response<GwBody> {
     record_health(obs, &ex);
-    if !ex.metrics && capture.is_none() && ex.span_target.is_none() {
+    if !ex.metrics && capture.is_none() && ex.span_target.is_none() && ex.logs.is_none() {
         return resp;
     }
     let mut capture = capture;
@@ -231,26 +245,36 @@ impl Drop for Meter {
                 self.obs.rec.bump(G_SPANS_DROPPED, dropped as i64);
             }
         }
+        if self.capture.is_none() && ex.logs.is_none() {
+            return;
+        }
+        let done = Done {
+            status: self.status,
+            body_bytes: self.body_bytes,
+            bytes_sent: self.head + self.body_bytes,
+            request_length: self.ingress,
+            request_us,
+            upstream_addr: addr,
+            upstream_status: ex.upstream_status,
+            upstream_us: ex.upstream_us,
+            route_id: route,
+            service_id: service,
+            consumer,
+            trace_id: ex.trace_id.as_deref().unwrap_or(""),
+        };
         if let (Some(log), Some(c)) = (&self.obs.log, &self.capture) {
-            let dropped = log.log(
-                c,
-                &Done {
-                    status: self.status,
-                    body_bytes: self.body_bytes,
-                    bytes_sent: self.head + self.body_bytes,
-                    request_length: self.ingress,
-                    request_us,
-                    upstream_addr: addr,
-                    upstream_status: ex.upstream_status,
-                    upstream_us: ex.upstream_us,
-                    route_id: route,
-                    service_id: service,
-                    consumer,
-                    trace_id: ex.trace_id.as_deref().unwrap_or(""),
-                },
-            );
+            let dropped = log.log(c, &done);
             if dropped > 0 {
                 self.obs.rec.bump(G_LOG_DROPPED, dropped as i64);
+            }
+        }
+        if let Some(lc) = &ex.logs {
+            let d = self.obs.loggers.log(lc, &done);
+            if d.file > 0 {
+                self.obs.rec.bump(G_FILE_LOG_DROPPED, d.file as i64);
+            }
+            if d.http > 0 {
+                self.obs.rec.bump(G_HTTP_LOG_DROPPED, d.http as i64);
             }
         }
     }

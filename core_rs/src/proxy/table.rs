@@ -17,6 +17,8 @@ pub struct RouteTable {
     pub routes: Vec<CompiledRoute>,
     /// Count requests that match no route (a global rule enables `prometheus`).
     pub metrics_unmatched: bool,
+    /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
+    pub unmatched_loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
 }
 
 pub struct CompiledRoute {
@@ -33,6 +35,8 @@ pub struct CompiledRoute {
     pub otel: Option<crate::proxy::trace::OtelConf>,
     /// The `real-ip` plugin: the client address from a trusted proxy's header.
     pub real_ip: Option<crate::proxy::realip::RealIp>,
+    /// `file-logger` / `http-logger`.
+    pub loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -353,6 +357,7 @@ fn compile_route(
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
         real_ip,
+        loggers: crate::proxy::loggers::compile(r)?,
     })
 }
 
@@ -363,6 +368,7 @@ impl RouteTable {
             router: Router::build(&[]).expect("empty router"),
             routes: Vec::new(),
             metrics_unmatched: false,
+            unmatched_loggers: None,
         }
     }
 
@@ -400,6 +406,11 @@ impl RouteTable {
             router,
             routes,
             metrics_unmatched: snap.metrics_unmatched,
+            unmatched_loggers: crate::proxy::loggers::compile(&RouteConf {
+                id: "global".into(),
+                plugins: snap.unmatched_loggers.clone(),
+                ..Default::default()
+            })?,
         })
     }
 }

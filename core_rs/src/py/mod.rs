@@ -11,6 +11,7 @@ use crate::config::Snapshot;
 use crate::limit::{key_hash, monotonic_ns, Acquire, ShmTable};
 use crate::metrics::shm::MetricsShm;
 use crate::metrics::Recorder;
+use crate::proxy::loggers::HttpLogQueue;
 use crate::proxy::observe::Observer;
 use crate::proxy::table::RouteTable;
 use crate::proxy::trace::{hex, SpanQueue};
@@ -21,7 +22,7 @@ use arc_swap::ArcSwap;
 use host::{PyChain, PyObj};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,8 @@ pub struct Worker {
     observer: Mutex<Option<Observer>>,
     /// Finished trace spans, drained by the exporter thread.
     spans: Arc<SpanQueue>,
+    /// http-logger entries, drained by the sender thread.
+    http_logs: Arc<HttpLogQueue>,
 }
 
 #[pymethods]
@@ -90,6 +93,7 @@ impl Worker {
     ) -> PyResult<Worker> {
         let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
         let spans = observer.spans.clone();
+        let http_logs = observer.loggers.http.clone();
         let shm = match shm_path {
             Some(p) => ShmTable::open(std::path::Path::new(p)),
             None => ShmTable::anonymous(65_536),
@@ -112,6 +116,7 @@ impl Worker {
             stop_tx,
             observer: Mutex::new(Some(observer)),
             spans,
+            http_logs,
         })
     }
 
@@ -150,6 +155,37 @@ impl Worker {
                 )
             })
             .collect()
+    }
+
+    /// Up to `max` http-logger entries as `[(target, [entry, ...])]`: `target` is the plugin conf
+    /// (JSON, without `log_format`), each entry one JSON object. Report them with `log_entries_done`.
+    #[pyo3(signature = (max=4096))]
+    fn drain_log_entries<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+    ) -> Vec<(String, Vec<Bound<'py, PyBytes>>)> {
+        self.http_logs
+            .drain(max)
+            .into_iter()
+            .map(|(t, es)| {
+                let es = es.iter().map(|e| PyBytes::new(py, e)).collect();
+                (t.to_string(), es)
+            })
+            .collect()
+    }
+
+    /// The sender is finished with `n` drained entries (`failed` of them given up): they no
+    /// longer count against `max_pending_entries`.
+    #[pyo3(signature = (n, failed=0))]
+    fn log_entries_done(&self, n: usize, failed: u64) {
+        self.http_logs.done(n, failed);
+    }
+
+    /// http-logger entries pushed and not yet reported done.
+    #[getter]
+    fn log_entries_pending(&self) -> usize {
+        self.http_logs.pending()
     }
 
     /// Bind the listening socket (SO_REUSEPORT). Raises OSError naming the address on failure.
@@ -274,6 +310,7 @@ fn observer(
         rec: Recorder::new(Arc::new(shm), worker_id),
         log,
         spans: Default::default(),
+        loggers: Default::default(),
     })
 }
 

@@ -122,11 +122,10 @@ pub async fn serve(
     // Open connections per client address (this worker's share; each worker enforces the cap).
     let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
-    let log_task = shared
-        .obs
-        .log
-        .is_some()
-        .then(|| tokio::task::spawn_local(log_housekeeping(shared.obs.clone())));
+    // Always: routes with file-logger / http-logger may come with any config change.
+    let log_task = Some(tokio::task::spawn_local(log_housekeeping(
+        shared.obs.clone(),
+    )));
     let drain = loop {
         tokio::select! {
             drain = &mut shutdown => break drain,
@@ -208,7 +207,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Flush access log lines at least every 100 ms; reopen the file on SIGUSR1 (logrotate).
+/// Flush access log (and file-logger) lines at least every 100 ms; reopen the files on SIGUSR1
+/// (logrotate).
 async fn log_housekeeping(obs: Rc<observe::Observer>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).ok();
@@ -220,6 +220,7 @@ async fn log_housekeeping(obs: Rc<observe::Observer>) {
                 if let Some(log) = &obs.log {
                     log.reopen();
                 }
+                obs.loggers.reopen();
             }
         }
     }

@@ -1,0 +1,328 @@
+//! APISIX's `file-logger` and `http-logger`, native: the log entry of a request is formatted in
+//! Rust when its response ends (the access log's `LogFormat`), never by Python.
+//!
+//! - `file-logger`: lines go to a writer thread per distinct path (the access log's machinery:
+//!   batched, bounded, reopened on SIGUSR1).
+//! - `http-logger`: entries go to a bounded per-worker queue that the worker's sender thread
+//!   (`pygateway/http_logger.py`) drains, batches and POSTs. An entry counts as pending from its
+//!   push until the sender reports its batch delivered or given up; when `max_pending_entries` are
+//!   pending, new entries are dropped and counted instead of queued without bound.
+use crate::accesslog::{AccessLog, Capture, Done, LogFormat, Sink};
+use crate::config::RouteConf;
+use crate::proxy::table::CompileError;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The loggers a route has (its own conf or a global rule's).
+pub struct RouteLoggers {
+    pub file: Option<FileLogger>,
+    pub http: Option<HttpLogger>,
+}
+
+pub struct FileLogger {
+    pub format: LogFormat,
+    pub path: Arc<str>,
+}
+
+pub struct HttpLogger {
+    pub format: LogFormat,
+    /// The plugin conf without `log_format` as JSON: tells the sender where and how to send.
+    pub target: Arc<str>,
+    pub max_pending: usize,
+}
+
+/// Default `max_pending_entries` (APISIX's batch processor default).
+pub const MAX_PENDING: usize = 8192;
+
+fn log_format(
+    route: &str,
+    plugin: &str,
+    conf: &serde_json::Map<String, Value>,
+) -> Result<LogFormat, CompileError> {
+    let spec = match conf.get("log_format") {
+        None | Some(Value::Null) => "json".to_string(),
+        Some(v @ Value::Object(_)) => v.to_string(),
+        Some(_) => {
+            return Err(CompileError(format!(
+                "routes[{route}].plugins.{plugin}.log_format: must be an object of field -> \"$variable\""
+            )))
+        }
+    };
+    LogFormat::parse(&spec)
+        .map_err(|e| CompileError(format!("routes[{route}].plugins.{plugin}.log_format: {e}")))
+}
+
+fn conf_of<'a>(
+    r: &'a RouteConf,
+    plugin: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, CompileError> {
+    match r.plugins.get(plugin) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(CompileError(format!(
+            "routes[{}].plugins.{plugin}: must be an object",
+            r.id
+        ))),
+    }
+}
+
+fn required_str<'a>(
+    r: &RouteConf,
+    plugin: &str,
+    m: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<&'a str, CompileError> {
+    match m.get(field).and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(CompileError(format!(
+            "routes[{}].plugins.{plugin}.{field}: required (a non-empty string)",
+            r.id
+        ))),
+    }
+}
+
+/// The route's loggers, or None when it has neither.
+pub fn compile(r: &RouteConf) -> Result<Option<Arc<RouteLoggers>>, CompileError> {
+    let file = match conf_of(r, "file-logger")? {
+        None => None,
+        Some(m) => Some(FileLogger {
+            path: Arc::from(required_str(r, "file-logger", m, "path")?),
+            format: log_format(&r.id, "file-logger", m)?,
+        }),
+    };
+    let http = match conf_of(r, "http-logger")? {
+        None => None,
+        Some(m) => {
+            required_str(r, "http-logger", m, "uri")?;
+            let format = log_format(&r.id, "http-logger", m)?;
+            let mut target = m.clone();
+            target.remove("log_format");
+            let max_pending = m
+                .get("max_pending_entries")
+                .and_then(Value::as_u64)
+                .map_or(MAX_PENDING, |n| n.max(1) as usize);
+            Some(HttpLogger {
+                format,
+                target: Arc::from(Value::Object(target).to_string()),
+                max_pending,
+            })
+        }
+    };
+    Ok((file.is_some() || http.is_some()).then(|| Arc::new(RouteLoggers { file, http })))
+}
+
+/// What a request with loggers carries until its response ends.
+pub struct LogCapture {
+    pub loggers: Arc<RouteLoggers>,
+    file: Option<Capture>,
+    http: Option<Capture>,
+}
+
+impl LogCapture {
+    pub fn new<B>(
+        loggers: &Arc<RouteLoggers>,
+        req: &http::Request<B>,
+        peer: std::net::SocketAddr,
+    ) -> Box<LogCapture> {
+        Box::new(LogCapture {
+            file: loggers
+                .file
+                .as_ref()
+                .map(|f| Capture::new(&f.format, req, peer)),
+            http: loggers
+                .http
+                .as_ref()
+                .map(|h| Capture::new(&h.format, req, peer)),
+            loggers: loggers.clone(),
+        })
+    }
+}
+
+/// Dropped entries, by cause, for the worker's metrics.
+#[derive(Default)]
+pub struct Dropped {
+    pub file: u64,
+    pub http: u64,
+}
+
+/// A worker's logger sinks (I/O thread only, except the queue the sender thread drains).
+#[derive(Default)]
+pub struct LoggerSinks {
+    /// file-logger writers by path; None when the file could not be opened (retried on SIGUSR1).
+    files: RefCell<HashMap<Arc<str>, Option<AccessLog>>>,
+    pub http: Arc<HttpLogQueue>,
+}
+
+impl LoggerSinks {
+    /// Format and hand off the request's entries.
+    pub fn log(&self, lc: &LogCapture, d: &Done<'_>) -> Dropped {
+        let mut dropped = Dropped::default();
+        if let (Some(f), Some(c)) = (&lc.loggers.file, &lc.file) {
+            let mut files = self.files.borrow_mut();
+            let w = files.entry(f.path.clone()).or_insert_with(|| {
+                // The format given here is unused: file-logger lines use the route's (`log_with`).
+                AccessLog::open(f.format.clone(), Sink::File((*f.path).into()))
+                    .map_err(|e| eprintln!("pygateway: file-logger: cannot open {}: {e}", f.path))
+                    .ok()
+            });
+            match w {
+                Some(w) => dropped.file += w.log_with(&f.format, c, d),
+                None => dropped.file += 1,
+            }
+        }
+        if let (Some(h), Some(c)) = (&lc.loggers.http, &lc.http) {
+            let mut line = Vec::with_capacity(512);
+            h.format.write(&mut line, c, d);
+            line.pop(); // the newline: the sender joins entries itself
+            if !self.http.push(&h.target, line, h.max_pending) {
+                dropped.http += 1;
+            }
+        }
+        dropped
+    }
+
+    /// Hand buffered file lines to their writers; returns lines dropped.
+    pub fn flush(&self) -> u64 {
+        self.files
+            .borrow()
+            .values()
+            .flatten()
+            .map(AccessLog::flush)
+            .sum()
+    }
+
+    /// SIGUSR1: reopen every file (and retry the ones that failed to open).
+    pub fn reopen(&self) {
+        let mut files = self.files.borrow_mut();
+        files.retain(|_, w| w.is_some());
+        for w in files.values().flatten() {
+            w.reopen();
+        }
+    }
+}
+
+/// http-logger entries waiting for the sender thread: `(target, JSON entry)`.
+#[derive(Default)]
+pub struct HttpLogQueue {
+    q: Mutex<VecDeque<(Arc<str>, Vec<u8>)>>,
+    /// Entries pushed and not yet reported done (delivered or given up) by the sender.
+    pending: AtomicUsize,
+    /// Entries the sender gave up on, not yet moved into the metrics (by the I/O thread).
+    failed: AtomicU64,
+}
+
+impl HttpLogQueue {
+    /// Queue one entry unless `max_pending` are pending; false = dropped.
+    pub fn push(&self, target: &Arc<str>, entry: Vec<u8>, max_pending: usize) -> bool {
+        if self.pending.load(Ordering::Relaxed) >= max_pending {
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.q
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((target.clone(), entry));
+        true
+    }
+
+    /// Up to `max` entries, grouped by target in order of first appearance.
+    pub fn drain(&self, max: usize) -> Vec<(Arc<str>, Vec<Vec<u8>>)> {
+        let taken: Vec<_> = {
+            let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
+            let n = q.len().min(max);
+            q.drain(..n).collect()
+        };
+        let mut out: Vec<(Arc<str>, Vec<Vec<u8>>)> = Vec::new();
+        for (t, e) in taken {
+            match out
+                .iter_mut()
+                .find(|(k, _)| Arc::ptr_eq(k, &t) || **k == *t)
+            {
+                Some((_, v)) => v.push(e),
+                None => out.push((t, vec![e])),
+            }
+        }
+        out
+    }
+
+    /// The sender finished with `n` entries, `failed` of them given up after retries.
+    pub fn done(&self, n: usize, failed: u64) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+                Some(p.saturating_sub(n))
+            });
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Failures since the last call (the I/O thread moves them into its metrics slab).
+    pub fn take_failed(&self) -> u64 {
+        self.failed.swap(0, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(plugins: serde_json::Value) -> RouteConf {
+        RouteConf {
+            id: "r1".into(),
+            plugins: serde_json::from_value(plugins).unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn compiles_confs_and_names_bad_fields() {
+        let l = compile(&route(serde_json::json!({
+            "file-logger": {"path": "/tmp/x.log", "log_format": {"s": "$status"}},
+            "http-logger": {"uri": "http://127.0.0.1:1/", "batch_max_size": 3, "max_pending_entries": 2}
+        })))
+        .unwrap()
+        .unwrap();
+        assert_eq!(&*l.file.as_ref().unwrap().path, "/tmp/x.log");
+        let h = l.http.as_ref().unwrap();
+        assert_eq!(h.max_pending, 2);
+        assert!(h.target.contains("\"batch_max_size\":3"));
+        assert!(compile(&route(serde_json::json!({}))).unwrap().is_none());
+        let e = compile(&route(serde_json::json!({"file-logger": {}})))
+            .err()
+            .unwrap();
+        assert!(e.0.contains("plugins.file-logger.path"), "{e}");
+        let e = compile(&route(serde_json::json!({
+            "http-logger": {"uri": "http://x/", "log_format": {"a": "$nope"}}
+        })))
+        .err()
+        .unwrap();
+        assert!(
+            e.0.contains("plugins.http-logger.log_format") && e.0.contains("$nope"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn queue_is_bounded_by_pending_entries() {
+        let q = HttpLogQueue::default();
+        let t: Arc<str> = Arc::from("t");
+        assert!(q.push(&t, b"1".to_vec(), 2));
+        assert!(q.push(&t, b"2".to_vec(), 2));
+        assert!(!q.push(&t, b"3".to_vec(), 2));
+        let d = q.drain(10);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].1.len(), 2);
+        // Drained but not done: still pending.
+        assert!(!q.push(&t, b"4".to_vec(), 2));
+        q.done(2, 1);
+        assert!(q.push(&t, b"5".to_vec(), 2));
+        assert_eq!(q.take_failed(), 1);
+        assert_eq!(q.take_failed(), 0);
+    }
+}
