@@ -6,7 +6,7 @@
 //! Formats: `json` (a default set of fields), `combined` (nginx's, plus request and upstream times),
 //! a JSON object mapping field names to APISIX/nginx `$variables` (APISIX's `log_format`), or a text
 //! template with `$variables`.
-use http::{HeaderName, HeaderValue, Method, Uri, Version};
+use http::{HeaderName, Method, Version};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -189,32 +189,48 @@ fn pieces(s: &str, headers: &mut Vec<HeaderName>) -> Result<Vec<Piece>, String> 
     Ok(out)
 }
 
-/// What is known when the request arrives (only captured when a log is written).
+/// What is known when the request arrives (only captured when a log is written). The text is
+/// copied, not shared: a clone of the request's `Bytes` would keep hyper's read buffer alive until
+/// the response ends, and hyper would then allocate a new buffer for the next request.
 pub struct Capture {
     pub method: Method,
-    pub uri: Uri,
+    /// Path and query, as received.
+    pub uri: Box<str>,
     pub version: Version,
     pub peer: SocketAddr,
-    pub host: Option<HeaderValue>,
+    /// The Host header, or the request target's authority.
+    pub host: Box<str>,
     pub wall: SystemTime,
-    pub headers: Vec<Option<HeaderValue>>,
+    pub headers: Vec<Option<Box<[u8]>>>,
 }
 
 impl Capture {
     pub fn new(fmt: &LogFormat, req: &http::Request<impl Sized>, peer: SocketAddr) -> Capture {
+        let host = match req.headers().get(http::header::HOST) {
+            Some(h) => String::from_utf8_lossy(h.as_bytes()).into(),
+            None => req.uri().authority().map_or("", |a| a.as_str()).into(),
+        };
         Capture {
             method: req.method().clone(),
-            uri: req.uri().clone(),
+            uri: req.uri().path_and_query().map_or("/", |p| p.as_str()).into(),
             version: req.version(),
             peer,
-            host: req.headers().get(http::header::HOST).cloned(),
+            host,
             wall: SystemTime::now(),
             headers: fmt
                 .headers
                 .iter()
-                .map(|h| req.headers().get(h).cloned())
+                .map(|h| req.headers().get(h).map(|v| v.as_bytes().into()))
                 .collect(),
         }
+    }
+
+    fn path(&self) -> &str {
+        self.uri.split_once('?').map_or(&self.uri, |(p, _)| p)
+    }
+
+    fn query(&self) -> &str {
+        self.uri.split_once('?').map_or("", |(_, q)| q)
     }
 }
 
@@ -290,24 +306,14 @@ fn value(out: &mut Vec<u8>, v: &Var, c: &Capture, d: &Done<'_>) {
         Var::Request => {
             out.extend_from_slice(c.method.as_str().as_bytes());
             out.push(b' ');
-            out.extend_from_slice(
-                c.uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-            );
+            out.extend_from_slice(c.uri.as_bytes());
             out.push(b' ');
             out.extend_from_slice(protocol(c.version).as_bytes());
         }
         Var::RequestMethod => out.extend_from_slice(c.method.as_str().as_bytes()),
-        Var::RequestUri => out.extend_from_slice(
-            c.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-        ),
-        Var::Uri => out.extend_from_slice(c.uri.path().as_bytes()),
-        Var::Args => out.extend_from_slice(c.uri.query().unwrap_or("").as_bytes()),
+        Var::RequestUri => out.extend_from_slice(c.uri.as_bytes()),
+        Var::Uri => out.extend_from_slice(c.path().as_bytes()),
+        Var::Args => out.extend_from_slice(c.query().as_bytes()),
         Var::ServerProtocol => out.extend_from_slice(protocol(c.version).as_bytes()),
         Var::Status => put_u64(out, d.status.into()),
         Var::BodyBytesSent => put_u64(out, d.body_bytes),
@@ -335,18 +341,10 @@ fn value(out: &mut Vec<u8>, v: &Var, c: &Capture, d: &Done<'_>) {
                 put_secs(out, us);
             }
         }
-        Var::Host => {
-            let h = c
-                .host
-                .as_ref()
-                .map(|h| h.as_bytes())
-                .or_else(|| c.uri.authority().map(|a| a.as_str().as_bytes()))
-                .unwrap_or(b"");
-            out.extend_from_slice(h);
-        }
+        Var::Host => out.extend_from_slice(c.host.as_bytes()),
         Var::Header(i) => {
             if let Some(Some(h)) = c.headers.get(*i) {
-                out.extend_from_slice(h.as_bytes());
+                out.extend_from_slice(h);
             }
         }
         Var::RouteId => out.extend_from_slice(d.route_id.as_bytes()),
