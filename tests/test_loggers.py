@@ -11,24 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import free_port, route, write_config
-from test_observability import scrape, value
-
-
-def read_lines(path: Path, n: int, timeout: float = 10.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"{len(lines)} lines in {path}, wanted {n}")
+from test_observability import read_lines, scrape, value
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -45,6 +33,7 @@ class Receiver:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.posts: list[tuple[float, dict[str, str], bytes]] = []
+        self.paths: list[str] = []
         self.attempts = 0
         self.fail_first = fail_first
         self.lock = threading.Lock()
@@ -58,6 +47,7 @@ class Receiver:
                     fail = receiver.attempts <= receiver.fail_first
                     if not fail:
                         receiver.posts.append((time.monotonic(), dict(self.headers), body))
+                        receiver.paths.append(self.path)
                 self.send_response(500 if fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -3,54 +3,42 @@ receiver on loopback that decodes what it gets with the `opentelemetry-proto` pa
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from conftest import free_port, route
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from test_loggers import Receiver as PostReceiver
 
 INCOMING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.spans: list[Any] = []
-        self.services: set[str] = set()
-        self.lock = threading.Lock()
-        receiver = self
+class Receiver(PostReceiver):
+    """An OTLP/HTTP receiver: the log receiver's POSTs, decoded as `ExportTraceServiceRequest`s."""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                req = ExportTraceServiceRequest.FromString(body)
-                with receiver.lock:
-                    for rs in req.resource_spans:
-                        receiver.services |= {a.value.string_value for a in rs.resource.attributes}
-                        for ss in rs.scope_spans:
-                            receiver.spans.extend(ss.spans)
-                ok = self.path == "/v1/traces" and self.headers["Content-Type"] == "application/x-protobuf"
-                self.send_response(200 if ok else 400)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    @property
+    def spans(self) -> list[Any]:
+        with self.lock:
+            posts, paths = list(self.posts), list(self.paths)
+        assert set(paths) <= {"/v1/traces"}
+        assert all(h["Content-Type"] == "application/x-protobuf" for _, h, _ in posts)
+        reqs = [ExportTraceServiceRequest.FromString(body) for _, _, body in posts]
+        return [s for r in reqs for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    @property
+    def services(self) -> set[str]:
+        with self.lock:
+            reqs = [ExportTraceServiceRequest.FromString(body) for _, _, body in self.posts]
+        return {a.value.string_value for r in reqs for rs in r.resource_spans for a in rs.resource.attributes}
 
     def wait(self, n: int, timeout: float = 10.0) -> list[Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.spans) >= n:
-                    return list(self.spans)
+            if len(spans := self.spans) >= n:
+                return spans
             time.sleep(0.05)
         raise AssertionError(f"{len(self.spans)} spans received, wanted {n}")
 
