@@ -31,6 +31,8 @@ pub struct CompiledRoute {
     pub obs: Arc<RouteObs>,
     /// The `opentelemetry` plugin: trace context and spans.
     pub otel: Option<crate::proxy::trace::OtelConf>,
+    /// The `gzip` plugin: compress eligible responses.
+    pub gzip: Option<crate::proxy::gzip::GzipConf>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -319,6 +321,10 @@ fn compile_route(
             )));
         }
     }
+    let gzip = plugin_conf::<crate::proxy::gzip::RawConf>(r, "gzip")?
+        .map(|c| c.compile())
+        .transpose()
+        .map_err(|e| CompileError(format!("routes[{}].plugins.gzip.{e}", r.id)))?;
     let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
     let id: Arc<str> = Arc::from(r.id.as_str());
     let obs = RouteObs {
@@ -343,6 +349,7 @@ fn compile_route(
         chain,
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
+        gzip,
     })
 }
 
