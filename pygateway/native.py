@@ -119,6 +119,9 @@ class OpenTelemetry(Plugin):
         sampler: Sampler = msgspec.field(default_factory=Sampler)
 
 
+MimeTypes = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+
+
 class GzipBuffers(msgspec.Struct, forbid_unknown_fields=True):
     """nginx `gzip_buffers`: accepted for APISIX compatibility, not needed (the Rust encoder sizes
     its own output)."""
@@ -136,9 +139,7 @@ class Gzip(Plugin):
     native = True
 
     class Config(msgspec.Struct, forbid_unknown_fields=True):
-        types: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)] | Literal["*"] = msgspec.field(
-            default_factory=lambda: ["text/html"]
-        )
+        types: MimeTypes | Literal["*"] = msgspec.field(default_factory=lambda: ["text/html"])
         min_length: Annotated[int, msgspec.Meta(ge=1)] = 20
         comp_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 1
         http_version: float = 1.1
