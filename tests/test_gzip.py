@@ -142,7 +142,9 @@ def gz_route(rid: str, uri: str, origin: Origin, conf: dict[str, Any]) -> dict[s
     return {"id": rid, "uri": uri, "upstream": {"nodes": {origin.addr: 1}}, "plugins": {"gzip": conf}}
 
 
-def raw_get(client: httpx.Client, url: str, accept: str | None = "gzip", **params: str) -> tuple[httpx.Response, bytes]:
+def raw_get(
+    client: httpx.Client, url: str, accept: str | None = "gzip", **params: str
+) -> tuple[httpx.Response, bytes]:
     """GET without letting httpx decode: the response and the bytes as they came over the wire."""
     req = client.build_request("GET", url, params=params)
     if accept is None:
@@ -170,7 +172,9 @@ def test_compressed_when_allowed_and_identical_after_decompression(
     gw = start(gateway, origin, t={"types": ["text/plain"]})
     for n in (20, 5_000, 3_000_000):
         for chunked in ("0", "1"):
-            r, wire = raw_get(client, f"{gw.url}/t/text/{n}", type="text/plain; charset=utf-8", chunked=chunked)
+            r, wire = raw_get(
+                client, f"{gw.url}/t/text/{n}", type="text/plain; charset=utf-8", chunked=chunked
+            )
             assert r.status_code == 200
             assert r.headers["content-encoding"] == "gzip", (n, chunked)
             assert "content-length" not in r.headers
@@ -189,7 +193,9 @@ def test_curl_compressed(origin: Origin, gateway: GatewayFactory) -> None:
     assert curl, "curl is required for this test"
     gw = start(gateway, origin, h={})
     url = f"{gw.url}/h/text/200000?type=text/html"
-    out = subprocess.run([curl, "-sS", "--compressed", "-D", "-", url], capture_output=True, check=True, timeout=30)
+    out = subprocess.run(
+        [curl, "-sS", "--compressed", "-D", "-", url], capture_output=True, check=True, timeout=30
+    )
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert b"content-encoding: gzip" in head.lower()
     assert body == text(200000)
@@ -270,9 +276,13 @@ def raw_request(port: int, request: bytes) -> bytes:
     return data
 
 
-def test_head_204_304_and_errors_not_compressed(origin: Origin, gateway: GatewayFactory, client: httpx.Client) -> None:
+def test_head_204_304_and_errors_not_compressed(
+    origin: Origin, gateway: GatewayFactory, client: httpx.Client
+) -> None:
     gw = start(gateway, origin, a={"types": "*", "min_length": 1})
-    head = client.head(f"{gw.url}/a/text/5000", params={"type": "text/html"}, headers={"accept-encoding": "gzip"})
+    head = client.head(
+        f"{gw.url}/a/text/5000", params={"type": "text/html"}, headers={"accept-encoding": "gzip"}
+    )
     assert head.status_code == 200 and "content-encoding" not in head.headers
     assert head.headers["content-length"] == "5000"
     for status in (204, 304):
@@ -348,7 +358,11 @@ def test_streaming_first_bytes_before_upstream_finishes(
 
 
 def validate(tmp_path: Path, conf: Any) -> subprocess.CompletedProcess[str]:
-    cfg = {"routes": [{"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}}, "plugins": {"gzip": conf}}]}
+    cfg = {
+        "routes": [
+            {"id": "r1", "uri": "/a", "upstream": {"nodes": {"127.0.0.1:1980": 1}}, "plugins": {"gzip": conf}}
+        ]
+    }
     path = tmp_path / "apisix.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run([sys.executable, "-m", "pygateway.cli", "validate", str(path)],

@@ -80,7 +80,10 @@ impl RawConf {
             Types::List(l) => Some(l.iter().map(|t| t.trim().to_ascii_lowercase()).collect()),
         };
         if !(1..=9).contains(&self.comp_level) {
-            return Err(format!("comp_level: expected 1..9, got {}", self.comp_level));
+            return Err(format!(
+                "comp_level: expected 1..9, got {}",
+                self.comp_level
+            ));
         }
         let min_version = if self.http_version == 1.0 {
             Version::HTTP_10
@@ -300,7 +303,10 @@ impl GzipBody {
         SizeHint::default()
     }
 
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.done {
             return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
         }
@@ -452,8 +458,10 @@ mod tests {
         let mut r = Response::new(GwBody::full(body.to_string()));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {
-            r.headers_mut()
-                .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            r.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         r
     }
@@ -466,7 +474,10 @@ mod tests {
         req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         let ask = Ask::of(&c, &Method::GET, Version::HTTP_11, &req);
         let enc = |r: &Response<GwBody>| r.headers().get(header::CONTENT_ENCODING).cloned();
-        let txt = [("content-type", "text/plain; charset=utf-8"), ("etag", "\"v1\"")];
+        let txt = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("etag", "\"v1\""),
+        ];
         let r = apply(&c, &ask, resp(200, &txt, "hello world"));
         assert_eq!(enc(&r).unwrap(), "gzip");
         assert_eq!(r.headers()["etag"], "W/\"v1\"");
@@ -479,7 +490,10 @@ mod tests {
         let json = [("content-type", "application/json")];
         assert!(enc(&apply(&c, &ask, resp(200, &json, "hello world"))).is_none());
         let done = [("content-type", "text/plain"), ("content-encoding", "br")];
-        assert_eq!(enc(&apply(&c, &ask, resp(200, &done, "hello world"))).unwrap(), "br");
+        assert_eq!(
+            enc(&apply(&c, &ask, resp(200, &done, "hello world"))).unwrap(),
+            "br"
+        );
         let head = Ask::of(&c, &Method::HEAD, Version::HTTP_11, &req);
         assert!(enc(&apply(&c, &head, resp(200, &txt, "hello world"))).is_none());
         let old = Ask::of(&c, &Method::GET, Version::HTTP_10, &req);
@@ -491,8 +505,18 @@ mod tests {
         assert_eq!(r.headers()["vary"], "Accept-Encoding");
         // "*": any type, but a Content-Type is still required.
         let any = conf(serde_json::json!({"types": "*"})).unwrap();
-        assert!(enc(&apply(&any, &ask, resp(200, &json, "hello world, hello world"))).is_some());
-        assert!(enc(&apply(&any, &ask, resp(200, &[], "hello world, hello world"))).is_none());
+        assert!(enc(&apply(
+            &any,
+            &ask,
+            resp(200, &json, "hello world, hello world")
+        ))
+        .is_some());
+        assert!(enc(&apply(
+            &any,
+            &ask,
+            resp(200, &[], "hello world, hello world")
+        ))
+        .is_none());
     }
 
     #[test]

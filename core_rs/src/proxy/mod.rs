@@ -237,10 +237,12 @@ pub async fn handle(
         }
         ex.trace = Some(t);
     }
-    let gzip_ask = route
-        .gzip
-        .as_ref()
-        .map(|g| (g, gzip::Ask::of(g, req.method(), req.version(), req.headers())));
+    let gzip_ask = route.gzip.as_ref().map(|g| {
+        (
+            g,
+            gzip::Ask::of(g, req.method(), req.version(), req.headers()),
+        )
+    });
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
