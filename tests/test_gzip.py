@@ -199,6 +199,12 @@ def test_curl_compressed(origin: Origin, gateway: GatewayFactory) -> None:
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert b"content-encoding: gzip" in head.lower()
     assert body == text(200000)
+    # HTTP/2 (h2c prior knowledge) too.
+    out = subprocess.run([curl, "-sS", "--http2-prior-knowledge", "--compressed", "-D", "-", url],
+                         capture_output=True, check=True, timeout=30)  # fmt: skip
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/2 200") and b"content-encoding: gzip" in head.lower()
+    assert body == text(200000)
     # curl without --compressed sends no Accept-Encoding: plain, with its length.
     out = subprocess.run([curl, "-sS", "-D", "-", url], capture_output=True, check=True, timeout=30)
     head, _, body = out.stdout.partition(b"\r\n\r\n")
@@ -390,3 +396,17 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     for conf, expected in cases:
         res = validate(tmp_path, conf)
         assert res.returncode == 1 and expected in res.stderr, (conf, res.stderr)
+
+
+def test_python_body_filter_sees_plain_body_then_gzip(
+    origin: Origin, gateway: GatewayFactory, client: httpx.Client
+) -> None:
+    """Python response phases run first (as Lua filters do before nginx's gzip): response-rewrite's
+    regex filter works on the plain upstream body, and the result is what gets compressed."""
+    rewrite = {"filters": [{"regex": "gateway", "replace": "GW", "scope": "global"}]}
+    route = gz_route("p", "/p/*", origin, {"types": ["text/html"]})
+    route["plugins"]["response-rewrite"] = rewrite
+    gw = gateway({"routes": [route]})
+    r, wire = raw_get(client, f"{gw.url}/p/text/100000", type="text/html")
+    assert r.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(wire) == text(100000).replace(b"gateway", b"GW") != text(100000)
