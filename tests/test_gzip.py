@@ -4,6 +4,7 @@ type, length, encoding, ETag, status, and a stream held open until the test lets
 
 from __future__ import annotations
 
+import functools
 import gzip
 import random
 import shutil
@@ -27,6 +28,7 @@ from tests.conftest import ROOT, Gateway
 GatewayFactory = Callable[..., Gateway]
 
 
+@functools.lru_cache(maxsize=16)
 def text(n: int, seed: int = 1) -> bytes:
     """n bytes of varied, compressible text (words drawn at random, so not one repeated block)."""
     rng = random.Random(seed)
