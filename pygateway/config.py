@@ -653,7 +653,7 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
     return snapshot, python_plugins, global_plugins
 
 
-_GLOBAL_NATIVE = ("prometheus", "opentelemetry", "real-ip", "file-logger", "http-logger")
+_GLOBAL_NATIVE = ("prometheus", "opentelemetry", "real-ip", "file-logger", "http-logger", "gzip")
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).

@@ -211,6 +211,41 @@ class HttpLogger(Plugin):
         return _no_bodies(super().parse_config(raw))
 
 
+MimeTypes = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+
+
+class GzipBuffers(msgspec.Struct, forbid_unknown_fields=True):
+    """nginx `gzip_buffers`: accepted for APISIX compatibility, not needed (the Rust encoder sizes
+    its own output)."""
+
+    number: Annotated[int, msgspec.Meta(ge=1)] = 32
+    size: Annotated[int, msgspec.Meta(ge=1)] = 4096
+
+
+class Gzip(Plugin):
+    """Compress responses on the fly (nginx `gzip` semantics), streamed in Rust: see
+    `core_rs/src/proxy/gzip.rs`."""
+
+    name = "gzip"
+    priority = 995
+    native = True
+
+    class Config(msgspec.Struct, forbid_unknown_fields=True):
+        types: MimeTypes | Literal["*"] = msgspec.field(default_factory=lambda: ["text/html"])
+        min_length: Annotated[int, msgspec.Meta(ge=1)] = 20
+        comp_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 1
+        http_version: float = 1.1
+        buffers: GzipBuffers = msgspec.field(default_factory=GzipBuffers)
+        vary: bool | None = None
+
+    @classmethod
+    def parse_config(cls, raw: Any) -> Any:
+        conf = super().parse_config(raw)
+        if conf.http_version not in (1.0, 1.1):
+            raise msgspec.ValidationError(f"Invalid enum value {conf.http_version!r} - at `$.http_version`")
+        return conf
+
+
 NATIVE_PLUGINS: tuple[type[Plugin], ...] = (
-    LimitReq, LimitCount, Prometheus, OpenTelemetry, RealIp, FileLogger, HttpLogger,
+    LimitReq, LimitCount, Prometheus, OpenTelemetry, RealIp, FileLogger, HttpLogger, Gzip,
 )  # fmt: skip

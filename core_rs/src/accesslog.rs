@@ -212,7 +212,11 @@ impl Capture {
         };
         Capture {
             method: req.method().clone(),
-            uri: req.uri().path_and_query().map_or("/", |p| p.as_str()).into(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .into(),
             version: req.version(),
             peer,
             host,

@@ -1,5 +1,5 @@
 //! One body type for everything the gateway sends: its own short responses, streamed upstream
-//! bodies, and streams that pass through a Python `body_filter`.
+//! bodies, streams that pass through a Python `body_filter`, and gzip-compressed streams.
 use crate::proxy::h1client::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -28,6 +28,8 @@ pub enum GwBody {
     Hooked(Box<GwBody>, DropHook),
     /// Counts the bytes sent; its meter records metrics and the access log line when dropped.
     Metered(Box<(GwBody, crate::proxy::observe::Meter)>),
+    /// Compressed as it streams (the `gzip` plugin).
+    Gzip(Box<crate::proxy::gzip::GzipBody>),
 }
 
 pub struct DropHook(pub Option<Box<dyn FnOnce() + Send>>);
@@ -63,6 +65,7 @@ impl Body for GwBody {
             GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             GwBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            GwBody::Gzip(g) => g.poll_frame(cx),
             GwBody::Metered(m) => {
                 let (inner, meter) = &mut **m;
                 let polled = Pin::new(inner).poll_frame(cx);
@@ -114,6 +117,7 @@ impl Body for GwBody {
             GwBody::Filtered { done, .. } => *done,
             GwBody::Hooked(b, _) => b.is_end_stream(),
             GwBody::Metered(m) => m.0.is_end_stream(),
+            GwBody::Gzip(g) => g.is_end_stream(),
         }
     }
 
@@ -126,6 +130,7 @@ impl Body for GwBody {
             GwBody::Filtered { .. } => SizeHint::default(),
             GwBody::Hooked(b, _) => b.size_hint(),
             GwBody::Metered(m) => m.0.size_hint(),
+            GwBody::Gzip(g) => g.size_hint(),
         }
     }
 }

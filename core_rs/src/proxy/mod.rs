@@ -1,5 +1,6 @@
 //! The request path of one worker: checks → normalize → route → plugins → upstream → response.
 pub mod body;
+pub mod gzip;
 pub mod h1client;
 pub mod lb;
 pub mod loggers;
@@ -256,6 +257,12 @@ pub async fn handle(
         }
         ex.trace = Some(t);
     }
+    let gzip_ask = route.gzip.as_ref().map(|g| {
+        (
+            g,
+            gzip::Ask::of(g, req.method(), req.version(), req.headers()),
+        )
+    });
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
@@ -410,7 +417,11 @@ pub async fn handle(
     if let Some((limit, remaining, reset)) = quota {
         quota_headers(resp.headers_mut(), limit, remaining, reset);
     }
-    finish_resp(route, preq, resp)
+    let resp = finish_resp(route, preq, resp);
+    match gzip_ask {
+        Some((conf, ask)) => gzip::apply(conf, &ask, resp),
+        None => resp,
+    }
 }
 
 /// The request body: streamed to the upstream, or read whole because a plugin asked for it (the

@@ -37,6 +37,8 @@ pub struct CompiledRoute {
     pub real_ip: Option<crate::proxy::realip::RealIp>,
     /// `file-logger` / `http-logger`.
     pub loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
+    /// The `gzip` plugin: compress eligible responses.
+    pub gzip: Option<crate::proxy::gzip::GzipConf>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -332,6 +334,10 @@ fn compile_route(
                 .map_err(|e| CompileError(format!("routes[{}].plugins.real-ip.{e}", r.id)))?,
         ),
     };
+    let gzip = plugin_conf::<crate::proxy::gzip::RawConf>(r, "gzip")?
+        .map(|c| c.compile())
+        .transpose()
+        .map_err(|e| CompileError(format!("routes[{}].plugins.gzip.{e}", r.id)))?;
     let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
     let id: Arc<str> = Arc::from(r.id.as_str());
     let obs = RouteObs {
@@ -358,6 +364,7 @@ fn compile_route(
         otel: plugin_conf(r, "opentelemetry")?,
         real_ip,
         loggers: crate::proxy::loggers::compile(r)?,
+        gzip,
     })
 }
 
