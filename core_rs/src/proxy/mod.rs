@@ -218,6 +218,10 @@ pub async fn handle(
     });
     let Some(idx) = route_idx else {
         ex.metrics = table.metrics_unmatched;
+        ex.observed = ex.metrics || table.unmatched_loggers.is_some() || shared.obs.log.is_some();
+        if ex.observed {
+            ex.ingress = observe::head_len(&req);
+        }
         if let Some(l) = &table.unmatched_loggers {
             ex.logs = Some(loggers::LogCapture::new(l, &req, peer));
         }
@@ -232,15 +236,16 @@ pub async fn handle(
     let (remote, client_port) = real.unwrap_or((remote, peer.port()));
     ex.client_ip = real.map(|r| r.0);
     ex.metrics = route.obs.metrics;
-    ex.wants_consumer = route.obs.metrics || shared.obs.log.is_some();
-    ex.route = Some(route.obs.clone());
+    ex.observed = route.obs.metrics || shared.obs.log.is_some() || route.loggers.is_some();
+    if ex.observed {
+        ex.ingress = observe::head_len(&req);
+    }
     if let Some(l) = &route.loggers {
         ex.logs = Some(loggers::LogCapture::new(
             l,
             &req,
             SocketAddr::new(remote, client_port),
         ));
-        ex.wants_consumer = true;
         if ex.trace_id.is_none() {
             ex.trace_id = observe::trace_id(&req);
         }
@@ -256,6 +261,9 @@ pub async fn handle(
             ex.span_target = Some((req.method().clone(), req.uri().to_string()));
         }
         ex.trace = Some(t);
+    }
+    if ex.observed || ex.span_target.is_some() {
+        ex.route = Some(route.obs.clone());
     }
     let gzip_ask = route.gzip.as_ref().map(|g| {
         (
@@ -333,7 +341,7 @@ pub async fn handle(
         }
     }
 
-    if ex.wants_consumer {
+    if ex.observed {
         ex.consumer.clone_from(&out.consumer);
     }
     // Native limiters (shared-memory state, exact across workers).
@@ -695,24 +703,25 @@ async fn proxy_to_upstream(
             u.balancer.on_start(i);
             std::time::Instant::now()
         });
-        let sent_at = std::time::Instant::now();
+        // Which node and how long: only for requests that metrics, logs or traces record.
+        let observed = ex.observed || ex.span_target.is_some();
+        let sent_at = observed.then(std::time::Instant::now);
         if ex.span_target.is_some() {
             ex.upstream_start_ns = trace::unix_ns();
         }
         let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
-        let took = sent_at.elapsed();
         if let (Some(i), Some(t)) = (tracked, started) {
             u.balancer.on_finish(i, t.elapsed().as_nanos() as u64);
         }
-        let node = match node_idx {
+        let node = observed.then(|| match node_idx {
             Some(i) => NodeRef::Pool(route.upstream.clone(), i),
             None => NodeRef::Custom(target_host.to_string(), port),
-        };
-        ex.upstream_us = Some(took.as_micros() as u64);
+        });
+        ex.upstream_us = sent_at.map(|t| t.elapsed().as_micros() as u64);
         let err = match result {
             Ok(resp) => {
                 ex.upstream_status = Some(resp.status().as_u16());
-                ex.node = Some(node);
+                ex.node = node;
                 let (mut parts, inc) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 return Response::from_parts(parts, GwBody::Upstream(inc));
@@ -724,9 +733,9 @@ async fn proxy_to_upstream(
             UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
         );
         if nothing_sent {
-            ex.failed.push(node);
+            ex.failed.extend(node);
         } else {
-            ex.node = Some(node);
+            ex.node = node;
         }
         if nothing_sent && can_retry {
             if let Some(i) = node_idx {

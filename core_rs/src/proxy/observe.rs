@@ -75,8 +75,11 @@ pub struct Exchange {
     pub route: Option<Arc<RouteObs>>,
     /// Record metrics for this request (the route's `prometheus`, or a global one for a 404).
     pub metrics: bool,
-    /// The request path needs to fill in the consumer (metrics or the log use it).
-    pub wants_consumer: bool,
+    /// Metrics or a log will record this request: the request path fills in the consumer, the
+    /// upstream node and timings (plain routes skip that work).
+    pub observed: bool,
+    /// Bytes of the request head (and declared body), for `$request_length` and ingress.
+    pub ingress: u64,
     pub consumer: Option<String>,
     pub node: Option<NodeRef>,
     /// Nodes that refused a connection before the one that answered (passive health).
@@ -141,7 +144,6 @@ pub fn meter(
     resp: Response<GwBody>,
     ex: Exchange,
     started: Instant,
-    ingress: u64,
     capture: Option<Box<Capture>>,
 ) -> Response<GwBody> {
     record_health(obs, &ex);
@@ -157,12 +159,12 @@ pub fn meter(
     let (parts, body) = resp.into_parts();
     let meter = Meter {
         obs: obs.clone(),
+        ingress: ex.ingress,
         ex,
         started,
         status,
         head,
         body_bytes: 0,
-        ingress,
         capture,
     };
     Response::from_parts(parts, GwBody::Metered(Box::new((body, meter))))

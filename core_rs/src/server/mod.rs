@@ -163,7 +163,6 @@ pub async fn serve(
                         obs.rec.bump(G_REQUESTS, 1);
                         obs.rec.bump(G_INFLIGHT, 1);
                         let started = std::time::Instant::now();
-                        let ingress = observe::head_len(&req);
                         let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
                         let mut ex = observe::Exchange::default();
                         if capture.is_some() {
@@ -174,7 +173,7 @@ pub async fn serve(
                         if close {
                             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
-                        Ok::<_, Infallible>(observe::meter(&obs, resp, ex, started, ingress, capture))
+                        Ok::<_, Infallible>(observe::meter(&obs, resp, ex, started, capture))
                     }
                 });
                 let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
