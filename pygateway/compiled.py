@@ -51,6 +51,9 @@ class Compiled:
         credentials = raw.get("credentials") or []
         cfg = validate({k: v for k, v in raw.items() if k != "credentials"}, registry.get)
         snapshot, route_plugins, global_plugins = compile_snapshot(cfg, version)
+        limits = _consumer_limits(cfg)
+        if limits:
+            snapshot = {**snapshot, "consumer_limits": limits}
 
         def specs(pairs: list[tuple[Any, Any]]) -> PluginSpecs:
             return [(p.name, msgspec.to_builtins(conf)) for p, conf in pairs]
@@ -74,7 +77,7 @@ class Compiled:
             {rid: specs(pairs) for rid, pairs in route_plugins.items() if pairs},
             specs(global_plugins),
             consumers,
-            _consumer_plugins(cfg),
+            _consumer_plugins(cfg, limits),
             {rid: v for rid, v in route_vars.items() if rid in route_plugins},
         )
 
@@ -111,7 +114,7 @@ class Compiled:
         table = None
         if self.consumer_plugins:
             table = ConsumerTable({
-                username: ConsumerPlugins(c["group_id"], make(c["plugins"]))
+                username: ConsumerPlugins(c["group_id"], make(c["plugins"]), frozenset(c.get("native", ())))
                 for username, c in self.consumer_plugins.items()
             })  # fmt: skip
         route_ids = set(self.plugins)
@@ -147,7 +150,7 @@ class Compiled:
         plugins = {rid: [tuple(p) for p in specs] for rid, specs in head["plugins"].items()}
         global_plugins = [tuple(p) for p in head["global"]]
         consumer_plugins = {
-            u: {"group_id": c["group_id"], "plugins": [tuple(p) for p in c["plugins"]]}
+            u: {"group_id": c["group_id"], "plugins": [tuple(p) for p in c["plugins"]], "native": c.get("native", [])}
             for u, c in head.get("consumer_plugins", {}).items()
         }
         return cls(
@@ -156,23 +159,58 @@ class Compiled:
         )  # fmt: skip
 
 
-def _consumer_plugins(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Per consumer with a group or extra plugins: its group id and its non-auth Python plugins, the
-    group's merged with its own (APISIX: consumer > consumer group), highest priority first."""
+def _merged_consumer_plugins(cfg: Config, username: str) -> dict[str, PluginConf]:
+    """A consumer's plugins: its group's merged with its own (APISIX: consumer > consumer group)."""
+    consumer = cfg.consumers[username]
+    merged: dict[str, PluginConf] = {}
+    if consumer.group_id is not None:
+        merged.update(cfg.consumer_groups[str(consumer.group_id)].plugins)
+    merged.update(consumer.plugins)
+    return merged
+
+
+# Native plugins a consumer or consumer group may hold; applied by the Rust core once the consumer is known.
+_CONSUMER_NATIVE = ("limit-count", "limit-req")
+
+
+def _consumer_limits(cfg: Config) -> dict[str, dict[str, Any]]:
+    """`snapshot.consumer_limits` (see `core_rs/src/config.rs`): per consumer, its limiter confs and where
+    each comes from (`consumer`, or `group:<id>`: the counter identity). A conf the core does not run (a
+    Python `policy: redis` one, or a disabled one) is `null`: it still overrides the route's."""
+    out: dict[str, dict[str, Any]] = {}
+    for username, consumer in cfg.consumers.items():
+        merged = _merged_consumer_plugins(cfg, username)
+        plugins: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for name in _CONSUMER_NATIVE:
+            entry = merged.get(name)
+            if entry is None:
+                continue
+            runs_native = entry.cls.native and not entry.disabled
+            plugins[name] = msgspec.to_builtins(entry.conf) if runs_native else None
+            sources[name] = "consumer" if name in consumer.plugins else f"group:{consumer.group_id}"
+        if plugins:
+            out[username] = {"plugins": plugins, "sources": sources}
+    return out
+
+
+def _consumer_plugins(cfg: Config, limits: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per consumer with a group or extra plugins: its group id, its non-auth Python plugins (the group's
+    merged with its own), highest priority first, and the names of the limiters the core runs for it
+    (`native`: they replace a route's Python implementation, e.g. limit-count `policy: redis`)."""
     out: dict[str, dict[str, Any]] = {}
     for username, consumer in cfg.consumers.items():
         group_id = str(consumer.group_id) if consumer.group_id is not None else None
-        merged: dict[str, PluginConf] = {}
-        if group_id is not None:
-            merged.update(cfg.consumer_groups[group_id].plugins)
-        merged.update(consumer.plugins)
+        merged = _merged_consumer_plugins(cfg, username)
         entries = [p for p in merged.values() if not p.disabled and p.cls.ConsumerConfig is None]
-        native = sorted(p.cls.name for p in entries if p.cls.native)
-        if native:
-            log.warning("consumer %r: %s from a consumer or consumer group not applied (put them on the route "
-                        "with key consumer_name)", username, ", ".join(native))  # fmt: skip
+        other_native = sorted(p.cls.name for p in entries if p.cls.native and p.cls.name not in _CONSUMER_NATIVE)
+        if other_native:
+            log.warning("consumer %r: %s from a consumer or consumer group not applied (only %s are)",
+                        username, ", ".join(other_native), " and ".join(_CONSUMER_NATIVE))  # fmt: skip
         python = sorted((p for p in entries if not p.cls.native), key=lambda p: (-p.cls.priority, p.cls.name))
-        if group_id is None and not python:
+        native = sorted(n for n, conf in limits.get(username, {}).get("plugins", {}).items() if conf is not None)
+        if group_id is None and not python and not native:
             continue
-        out[username] = {"group_id": group_id, "plugins": [(p.cls.name, msgspec.to_builtins(p.conf)) for p in python]}
+        out[username] = {"group_id": group_id, "native": native,
+                         "plugins": [(p.cls.name, msgspec.to_builtins(p.conf)) for p in python]}  # fmt: skip
     return out

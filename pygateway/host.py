@@ -121,6 +121,8 @@ class ConsumerPlugins:
 
     group_id: str | None
     plugins: list[Plugin]  # highest priority first
+    # Limiters the Rust core runs for this consumer: they replace the route's Python ones of that name
+    native: frozenset[str] = frozenset()
 
 
 class ConsumerTable:
@@ -165,11 +167,14 @@ class ContextChain(Chain):
     def _chains_for(self, username: str) -> tuple[Chain, Chain] | None:
         assert self.table is not None
         entry = self.table.consumers.get(username)
-        if entry is None or not entry.plugins:
+        if entry is None:
             return None
         found = self._merged.get(username)
         if found is None:
-            route_part = {p.name: p for p in self.plugins[self.n_global :]}
+            replaced = entry.native and any(p.name in entry.native for p in self.plugins[self.n_global :])
+            if not entry.plugins and not replaced:
+                return None
+            route_part = {p.name: p for p in self.plugins[self.n_global :] if p.name not in entry.native}
             added = [p for p in entry.plugins if p.name not in route_part]
             route_part.update({p.name: p for p in entry.plugins})
             merged = Chain(self.plugins[: self.n_global] + _by_priority(list(route_part.values())))

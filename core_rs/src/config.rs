@@ -18,6 +18,20 @@ pub struct Snapshot {
     /// Global `file-logger` / `http-logger` confs: they log requests that match no route too.
     #[serde(default)]
     pub unmatched_loggers: Map<String, Value>,
+    /// Per consumer: its native limiter confs (`limit-count`, `limit-req`), its own over its group's.
+    /// A `null` conf means the consumer overrides the route's with a Python implementation or a
+    /// disabled conf, so the route's native limiter does not apply to it.
+    #[serde(default)]
+    pub consumer_limits: std::collections::HashMap<String, ConsumerLimitsConf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ConsumerLimitsConf {
+    /// Where the confs come from: `consumer` (the consumer's own) or `group:<id>` per plugin name.
+    #[serde(default)]
+    pub sources: Map<String, Value>,
+    #[serde(default)]
+    pub plugins: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -25,7 +25,7 @@ use observe::{Exchange, NodeRef};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use table::{CompiledRoute, HashOn, LimitKey, PassHost, RouteTable, Upstream};
+use table::{CompiledRoute, ConsumerLimits, HashOn, LimitKey, PassHost, RouteTable, Upstream};
 use vars::ReqVars;
 
 /// Per-worker state shared by every connection of the worker's (single) I/O thread.
@@ -346,7 +346,10 @@ pub async fn handle(
     }
     // Native limiters (shared-memory state, exact across workers).
     let mut quota: Option<(u64, u64, u64)> = None;
-    if route.limit_count.is_some() || route.limit_req.is_some() {
+    // APISIX precedence: the identified consumer's (or its group's) limiter confs over the route's.
+    let (limit_count, limit_req) =
+        ConsumerLimits::effective(&table.consumer_limits, out.consumer.as_deref(), route);
+    if limit_count.is_some() || limit_req.is_some() {
         let vars = ReqVars {
             headers: &out.headers,
             query: out.query.as_deref(),
@@ -357,10 +360,10 @@ pub async fn handle(
             scheme: "http",
             consumer: out.consumer.as_deref(),
         };
-        if let Some(lc) = &route.limit_count {
+        if let Some(lc) = limit_count {
             if let Some(k) = limit_key(&lc.key, &vars) {
                 let d = shared.shm.fixed_window(
-                    lc.seed ^ key_hash(&[k.as_bytes()]),
+                    lc.seed(route) ^ key_hash(&[k.as_bytes()]),
                     lc.count,
                     lc.window_ns,
                     monotonic_ns(),
@@ -373,20 +376,24 @@ pub async fn handle(
                             r.headers_mut(),
                             lc.count,
                             0,
-                            d.reset_ns.div_ceil(1_000_000_000),
+                            d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs),
                         );
                     }
                     return finish_resp(route, preq, r);
                 }
                 if lc.show_headers {
-                    quota = Some((lc.count, d.remaining, d.reset_ns.div_ceil(1_000_000_000)));
+                    quota = Some((
+                        lc.count,
+                        d.remaining,
+                        d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs),
+                    ));
                 }
             }
         }
-        if let Some(lr) = &route.limit_req {
+        if let Some(lr) = limit_req {
             if let Some(k) = limit_key(&lr.key, &vars) {
                 match shared.shm.gcra(
-                    lr.seed ^ key_hash(&[k.as_bytes()]),
+                    lr.seed(route) ^ key_hash(&[k.as_bytes()]),
                     lr.rate,
                     lr.burst,
                     monotonic_ns(),

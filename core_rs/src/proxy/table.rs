@@ -1,13 +1,14 @@
 //! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
-use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::config::{ConsumerLimitsConf, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
 use crate::proxy::lb::{Balancer, LbKind};
 use crate::py::host::PyChain;
 use crate::router::{RouteSpec, Router};
 use http::HeaderValue;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,37 @@ pub struct RouteTable {
     pub metrics_unmatched: bool,
     /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
     pub unmatched_loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
+    /// Native limiters configured on consumers and consumer groups, by username.
+    pub consumer_limits: HashMap<String, ConsumerLimits>,
+}
+
+/// A consumer's limiters (its own conf over its group's). APISIX precedence: consumer > consumer group
+/// > route, so once the consumer is identified these replace the route's.
+pub struct ConsumerLimits {
+    /// `None`: the route's applies; `Some(None)`: overridden by nothing native (a Python
+    /// `policy: redis` conf or a disabled one).
+    pub limit_count: Option<Option<LimitCount>>,
+    pub limit_req: Option<Option<LimitReq>>,
+}
+
+impl ConsumerLimits {
+    /// The limiters that apply to a request of `consumer` on `route`.
+    pub fn effective<'a>(
+        table: &'a HashMap<String, ConsumerLimits>,
+        consumer: Option<&str>,
+        route: &'a CompiledRoute,
+    ) -> (Option<&'a LimitCount>, Option<&'a LimitReq>) {
+        let own = consumer.and_then(|c| table.get(c));
+        let count = match own.map(|c| &c.limit_count) {
+            Some(Some(l)) => l.as_ref(),
+            _ => route.limit_count.as_ref(),
+        };
+        let req = match own.map(|c| &c.limit_req) {
+            Some(Some(l)) => l.as_ref(),
+            _ => route.limit_req.as_ref(),
+        };
+        (count, req)
+    }
 }
 
 pub struct CompiledRoute {
@@ -29,6 +61,8 @@ pub struct CompiledRoute {
     pub limit_req: Option<LimitReq>,
     pub limit_count: Option<LimitCount>,
     pub chain: Option<Arc<PyChain>>,
+    /// Mixed into the seed of limiters whose counters are per route.
+    pub seed: u64,
     /// Labels for metrics and the access log.
     pub obs: Arc<RouteObs>,
     /// The `opentelemetry` plugin: trace context and spans.
@@ -113,7 +147,9 @@ pub struct LimitReq {
     pub rejected_code: u16,
     pub rejected_msg: Option<String>,
     pub nodelay: bool,
+    /// Counter identity: the conf's source, mixed with the route's seed when `per_route`.
     pub seed: u64,
+    pub per_route: bool,
 }
 
 pub struct LimitCount {
@@ -124,7 +160,30 @@ pub struct LimitCount {
     pub rejected_code: u16,
     pub rejected_msg: Option<String>,
     pub show_headers: bool,
+    /// Counter identity: the conf's source (or its `group`), mixed with the route's seed when
+    /// `per_route` (no `group`: APISIX counts per route and conf).
     pub seed: u64,
+    pub per_route: bool,
+}
+
+impl LimitReq {
+    pub fn seed(&self, route: &CompiledRoute) -> u64 {
+        if self.per_route {
+            self.seed ^ route.seed
+        } else {
+            self.seed
+        }
+    }
+}
+
+impl LimitCount {
+    pub fn seed(&self, route: &CompiledRoute) -> u64 {
+        if self.per_route {
+            self.seed ^ route.seed
+        } else {
+            self.seed
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +236,9 @@ struct LimitCountConf {
     rejected_msg: Option<String>,
     #[serde(default = "default_true")]
     show_limit_quota_header: bool,
+    /// Routes (and consumers) whose confs name the same group share one counter per key (APISIX).
+    #[serde(default)]
+    group: Option<String>,
 }
 
 fn default_key() -> String {
@@ -193,12 +255,94 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(
     route: &RouteConf,
     name: &str,
 ) -> Result<Option<T>, CompileError> {
-    match route.plugins.get(name) {
+    conf_in(&route.plugins, &format!("routes[{}]", route.id), name)
+}
+
+/// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
+fn conf_in<T: for<'de> Deserialize<'de>>(
+    plugins: &Map<String, Value>,
+    label: &str,
+    name: &str,
+) -> Result<Option<T>, CompileError> {
+    match plugins.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v.clone())
             .map(Some)
-            .map_err(|e| CompileError(format!("routes[{}].plugins.{name}: {e}", route.id))),
+            .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
     }
+}
+
+/// The `limit-req` and `limit-count` of one plugin map (a route's or a consumer's). `sources` name
+/// where each conf lives, (limit-req's, limit-count's): empty for a route (the route's seed tells
+/// routes apart), `consumer:<name>` or `group:<id>` for a consumer's.
+fn compile_limits(
+    plugins: &Map<String, Value>,
+    label: &str,
+    sources: (&str, &str),
+) -> Result<(Option<LimitReq>, Option<LimitCount>), CompileError> {
+    let seed = key_hash(&[b"source", sources.0.as_bytes()]);
+    let limit_req = conf_in::<LimitReqConf>(plugins, label, "limit-req")?.map(|c| LimitReq {
+        rate: c.rate,
+        burst: c.burst,
+        key: parse_key(&c.key),
+        rejected_code: c.rejected_code,
+        rejected_msg: c.rejected_msg,
+        nodelay: c.nodelay,
+        seed: seed ^ 0x6c72,
+        per_route: true,
+    });
+    let limit_count =
+        conf_in::<LimitCountConf>(plugins, label, "limit-count")?.map(|c| LimitCount {
+            count: c.count,
+            window_ns: c.time_window.saturating_mul(1_000_000_000),
+            window_secs: c.time_window,
+            key: parse_key(&c.key),
+            rejected_code: c.rejected_code,
+            rejected_msg: c.rejected_msg,
+            show_headers: c.show_limit_quota_header,
+            seed: match &c.group {
+                Some(g) => key_hash(&[b"group", g.as_bytes()]),
+                None => key_hash(&[b"source", sources.1.as_bytes()]),
+            } ^ 0x6c63,
+            per_route: c.group.is_none(),
+        });
+    if let Some(l) = &limit_req {
+        if l.rate <= 0.0 || l.burst < 0.0 {
+            return Err(CompileError(format!(
+                "{label}.plugins.limit-req.rate: must be > 0"
+            )));
+        }
+    }
+    if let Some(l) = &limit_count {
+        if l.count == 0 || l.window_ns == 0 {
+            return Err(CompileError(format!(
+                "{label}.plugins.limit-count.count: count and time_window must be > 0"
+            )));
+        }
+    }
+    Ok((limit_req, limit_count))
+}
+
+fn compile_consumer(name: &str, c: &ConsumerLimitsConf) -> Result<ConsumerLimits, CompileError> {
+    let label = format!("consumers[{name}]");
+    let source = |plugin: &str| {
+        let s = c
+            .sources
+            .get(plugin)
+            .and_then(Value::as_str)
+            .unwrap_or("consumer");
+        if s == "consumer" {
+            format!("consumer:{name}")
+        } else {
+            s.to_string()
+        }
+    };
+    let sources = (source("limit-req"), source("limit-count"));
+    let (limit_req, limit_count) = compile_limits(&c.plugins, &label, (&sources.0, &sources.1))?;
+    Ok(ConsumerLimits {
+        limit_req: c.plugins.contains_key("limit-req").then_some(limit_req),
+        limit_count: c.plugins.contains_key("limit-count").then_some(limit_count),
+    })
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
@@ -291,42 +435,8 @@ fn compile_route(
         .ok_or_else(|| CompileError(format!("routes[{}].upstream: required", r.id)))?;
     let upstream = compile_upstream(&r.id, u)?;
     let t: TimeoutConf = r.timeout.or(u.timeout).unwrap_or_default();
-    let seed = key_hash(&[r.id.as_bytes()]);
-    let limit_req = plugin_conf::<LimitReqConf>(r, "limit-req")?.map(|c| LimitReq {
-        rate: c.rate,
-        burst: c.burst,
-        key: parse_key(&c.key),
-        rejected_code: c.rejected_code,
-        rejected_msg: c.rejected_msg,
-        nodelay: c.nodelay,
-        seed: seed ^ 0x6c72,
-    });
-    let limit_count = plugin_conf::<LimitCountConf>(r, "limit-count")?.map(|c| LimitCount {
-        count: c.count,
-        window_ns: c.time_window.saturating_mul(1_000_000_000),
-        window_secs: c.time_window,
-        key: parse_key(&c.key),
-        rejected_code: c.rejected_code,
-        rejected_msg: c.rejected_msg,
-        show_headers: c.show_limit_quota_header,
-        seed: seed ^ 0x6c63,
-    });
-    if let Some(l) = &limit_req {
-        if l.rate <= 0.0 || l.burst < 0.0 {
-            return Err(CompileError(format!(
-                "routes[{}].plugins.limit-req.rate: must be > 0",
-                r.id
-            )));
-        }
-    }
-    if let Some(l) = &limit_count {
-        if l.count == 0 || l.window_ns == 0 {
-            return Err(CompileError(format!(
-                "routes[{}].plugins.limit-count.count: count and time_window must be > 0",
-                r.id
-            )));
-        }
-    }
+    let (limit_req, limit_count) =
+        compile_limits(&r.plugins, &format!("routes[{}]", r.id), ("", ""))?;
     let real_ip = match r.plugins.get("real-ip") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -360,6 +470,7 @@ fn compile_route(
         limit_req,
         limit_count,
         chain,
+        seed: key_hash(&[r.id.as_bytes()]),
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
         real_ip,
@@ -376,6 +487,7 @@ impl RouteTable {
             routes: Vec::new(),
             metrics_unmatched: false,
             unmatched_loggers: None,
+            consumer_limits: HashMap::new(),
         }
     }
 
@@ -408,7 +520,12 @@ impl RouteTable {
         for r in &snap.routes {
             routes.push(compile_route(r, chain_for(&r.id))?);
         }
+        let mut consumer_limits = HashMap::with_capacity(snap.consumer_limits.len());
+        for (name, c) in &snap.consumer_limits {
+            consumer_limits.insert(name.clone(), compile_consumer(name, c)?);
+        }
         Ok(RouteTable {
+            consumer_limits,
             version: snap.version,
             router,
             routes,
