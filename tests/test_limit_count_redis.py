@@ -236,3 +236,42 @@ def test_bad_redis_config_names_the_field(tmp_path: Path) -> None:
     assert out.returncode == 1 and "limit-count.redis_port" in out.stderr, out.stderr
     out = validate(tmp_path, {"count": 1, "time_window": 1, "policy": "redis", "redis_host": "localhost"})
     assert out.returncode == 0, out.stderr
+
+
+def test_redis_policy_on_consumer_groups(upstream, gateway, redis_server) -> None:
+    """A group's `policy: redis` conf replaces the route's native one for its consumers, and a group's
+    native conf replaces the route's redis one (APISIX precedence: consumer group > route)."""
+    up = upstream()
+    by_consumer = {"time_window": 60, "key": "consumer_name"}
+    gw = gateway({
+        "consumer_groups": [
+            {"id": "cluster", "plugins": limit(redis_server, count=2, rejected_code=429, **by_consumer)},
+            {"id": "local", "plugins": {"limit-count": {"count": 1, **by_consumer}}},
+        ],
+        "consumers": [
+            {"username": "jack", "group_id": "cluster", "plugins": {"key-auth": {"key": "jack-key"}}},
+            {"username": "rose", "group_id": "local", "plugins": {"key-auth": {"key": "rose-key"}}},
+            {"username": "mike", "plugins": {"key-auth": {"key": "mike-key"}}},
+        ],
+        "routes": [
+            route("n", "/n", up, plugins={"key-auth": {}, "limit-count": {"count": 100, **by_consumer}}),
+            route("d", "/d", up, plugins={"key-auth": {}, **limit(redis_server, count=5, **by_consumer)}),
+        ],
+    })  # fmt: skip
+    store = redis_server.client()
+
+    def seq(path: str, apikey: str, n: int) -> list[tuple[int, str]]:
+        out = []
+        for _ in range(n):
+            st, h, _ = get(gw.port, path, headers={"apikey": apikey})
+            out.append((st, h.get("x-ratelimit-limit", "")))
+        return out
+
+    assert seq("/n", "jack-key", 3) == [(200, "2"), (200, "2"), (429, "2")]
+    assert int(store.get("plugin-limit-count:route:n:jack") or 0) == 2
+    assert seq("/n", "mike-key", 1) == [(200, "100")]  # no group: the route's native conf
+    assert seq("/d", "rose-key", 2) == [(200, "1"), (503, "1")]  # the group's native conf, no Redis
+    assert not store.exists("plugin-limit-count:route:d:rose")
+    assert seq("/d", "mike-key", 1) == [(200, "5")]
+    assert int(store.get("plugin-limit-count:route:d:mike") or 0) >= 1
+    assert seq("/d", "jack-key", 3) == [(200, "2"), (200, "2"), (429, "2")]

@@ -538,3 +538,79 @@ impl RouteTable {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(consumer_limits: Value) -> Result<RouteTable, CompileError> {
+        let snap: Snapshot = serde_json::from_value(serde_json::json!({
+            "routes": [
+                {"id": "a", "uris": ["/a"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": 1}]}},
+                {"id": "b", "uris": ["/b"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": 1}]},
+                 "plugins": {"limit-count": {"count": 9, "time_window": 1}}},
+            ],
+            "consumer_limits": consumer_limits,
+        }))
+        .unwrap();
+        RouteTable::compile(&snap, |_| None)
+    }
+
+    #[test]
+    fn consumer_conf_errors_name_the_consumer_and_field() {
+        let err = table(serde_json::json!({"jack": {
+            "plugins": {"limit-count": {"count": 0, "time_window": 1}},
+            "sources": {"limit-count": "consumer"},
+        }}))
+        .err()
+        .unwrap();
+        assert!(
+            err.0
+                .starts_with("consumers[jack].plugins.limit-count.count:"),
+            "{err}"
+        );
+        let err = table(serde_json::json!({"rose": {"plugins": {"limit-req": {"rate": 1}}}}))
+            .err()
+            .unwrap();
+        assert!(
+            err.0
+                .starts_with("consumers[rose].plugins.limit-req: missing field `burst`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn precedence_and_counter_identity() {
+        let conf = |extra: Value| {
+            let mut c = serde_json::json!({"count": 2, "time_window": 1, "key": "consumer_name"});
+            c.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let t = table(serde_json::json!({
+            "jack": {"plugins": {"limit-count": conf(serde_json::json!({}))}, "sources": {"limit-count": "group:free"}},
+            "rose": {"plugins": {"limit-count": conf(serde_json::json!({}))}, "sources": {"limit-count": "group:free"}},
+            "tom": {"plugins": {"limit-count": conf(serde_json::json!({}))}},
+            "vip": {"plugins": {"limit-count": conf(serde_json::json!({"group": "pool"}))}},
+            "redis": {"plugins": {"limit-count": null}},
+        }))
+        .unwrap();
+        let (a, b) = (&t.routes[0], &t.routes[1]);
+        let pick = |who: Option<&str>, r| {
+            ConsumerLimits::effective(&t.consumer_limits, who, r)
+                .0
+                .map(|l| (l.count, l.seed(r)))
+        };
+        assert_eq!(pick(None, b).unwrap().0, 9); // no consumer: the route's
+        assert_eq!(pick(Some("mike"), b).unwrap().0, 9); // no conf of its own: the route's
+        assert_eq!(pick(Some("redis"), b), None); // overridden by a Python conf
+        assert_eq!(pick(Some("jack"), b).unwrap().0, 2);
+        // One group's conf: one counter per route, shared by its consumers (the key tells them apart).
+        assert_eq!(pick(Some("jack"), a), pick(Some("rose"), a));
+        assert_ne!(pick(Some("jack"), a), pick(Some("jack"), b));
+        assert_ne!(pick(Some("jack"), a), pick(Some("tom"), a)); // the consumer's own conf
+                                                                 // `group`: one counter across routes.
+        assert_eq!(pick(Some("vip"), a), pick(Some("vip"), b));
+    }
+}
