@@ -10,18 +10,17 @@ import msgspec
 from pygateway import Response
 
 if TYPE_CHECKING:
-    from pygateway import Headers, Request
+    from pygateway import Request
 
 # APISIX's `anonymous_consumer`: a consumer username, used when authentication fails.
 AnonymousConsumer = Annotated[str, msgspec.Meta(min_length=1)]
 
 
-def attach_consumer(req: Request, username: str, headers: Headers | None = None) -> None:
+def attach_consumer(req: Request, username: str) -> None:
     """Mark the request authenticated (native limiters then key on `consumer_name`) and tell the upstream
-    who it is, like APISIX's `consumer.attach_consumer` (a client-sent value is replaced). `headers`:
-    `req.headers` when the caller already holds it (saves a lookup on the hot path)."""
+    who it is, like APISIX's `consumer.attach_consumer` (a client-sent value is replaced)."""
     req.consumer = username
-    (req.headers if headers is None else headers)["x-consumer-username"] = username
+    req.headers["x-consumer-username"] = username
 
 
 def unauthorized(message: str, www_authenticate: str | None = None) -> Response:
