@@ -161,6 +161,9 @@ class ContextChain(Chain):
         self.route_vars = route_vars or {}
         # username -> (the merged chain, the chain of the plugins the consumer adds)
         self._merged: dict[str, tuple[Chain, Chain]] = {}
+        # the table's per-consumer lookups, one attribute away on the per-request path
+        self._group_of = consumers.group_of if consumers is not None else {}
+        self._with_plugins = consumers.with_plugins if consumers is not None else frozenset()
         if consumers is not None:
             self.phases |= consumers.phases
             self.async_phases |= consumers.async_phases
@@ -220,10 +223,10 @@ class ContextChain(Chain):
             # _identify, inlined for the common case (a consumer who adds no plugins)
             username = req.consumer
             if username:
-                if username in self.table.with_plugins:
+                if username in self._with_plugins:
                     return Chain.run(self._merge(username, ctx), phase, req, ctx)
                 ctx["consumer_name"] = username
-                ctx["consumer_group_id"] = self.table.group_of.get(username)
+                ctx["consumer_group_id"] = self._group_of.get(username)
                 ctx[_MERGED] = self
         return None
 
