@@ -872,7 +872,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
     }
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Headroom for the headers the gateway adds (x-ratelimit-*, plugins'): no rehash on insert.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut content_length: Option<u64> = None;
     let mut bad_cl = false;
     let mut te_present = false;

@@ -501,10 +501,15 @@ fn rejected(code: u16, msg: Option<&str>) -> Response<GwBody> {
     }
 }
 
+// Names made at compile time: `insert("x-…", v)` with a `&str` parses the name on every call.
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
 fn quota_headers(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
-    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
-    h.insert("x-ratelimit-reset", HeaderValue::from(reset));
+    h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+    h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+    h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
 }
 
 fn finish_short(chain: &Arc<PyChain>, preq: PyReq, r: ShortResponse) -> Response<GwBody> {

@@ -83,15 +83,36 @@ pub struct PyReq {
     resp: Option<Held<PyResponseView>>,
 }
 
-impl Drop for PyReq {
-    fn drop(&mut self) {
+type PyReqObjs = (
+    Option<Py<PyRequest>>,
+    Option<Py<PyDict>>,
+    Option<Py<PyResponseView>>,
+);
+
+impl PyReq {
+    /// The Python objects still held, if any.
+    fn take_objs(&mut self) -> Option<PyReqObjs> {
         let objs = (
             self.req.0.take(),
             self.ctx.0.take(),
             self.resp.as_mut().and_then(|r| r.0.take()),
         );
-        // One attach for all of them (we build with `pyo3_disable_reference_pool`).
-        Python::attach(move |_| drop(objs));
+        (objs.0.is_some() || objs.1.is_some() || objs.2.is_some()).then_some(objs)
+    }
+
+    /// Drop the Python objects now, while attached, when no later phase will use them: dropping
+    /// the `PyReq` then needs no trip into Python of its own.
+    fn release_in(&mut self, _py: Python<'_>) {
+        drop(self.take_objs());
+    }
+}
+
+impl Drop for PyReq {
+    fn drop(&mut self) {
+        if let Some(objs) = self.take_objs() {
+            // One attach for all of them (we build with `pyo3_disable_reference_pool`).
+            Python::attach(move |_| drop(objs));
+        }
     }
 }
 
@@ -191,17 +212,25 @@ impl PyChain {
         info: ReqInfo,
         phases: &[u8],
     ) -> (PyReq, Result<ReqOutcome, ShortResponse>) {
+        let last = *phases.last().expect("at least one phase");
+        // No phase after `phases` (nor a response phase) will read the request view or ctx.
+        let done = self.phases >> (last + 1) == 0;
         Python::attach(|py| {
-            let preq = Self::begin_in(py, info);
+            let mut preq = Self::begin_in(py, info);
             for &phase in phases {
                 if self.has(phase) {
                     if let Flow::Respond(r) = self.run_in(py, &preq, phase) {
+                        if done {
+                            preq.release_in(py);
+                        }
                         return (preq, Err(r));
                     }
                 }
             }
-            let last = *phases.last().expect("at least one phase");
             let outcome = self.outcome_in(py, &preq, last);
+            if done {
+                preq.release_in(py);
+            }
             (preq, Ok(outcome))
         })
     }
