@@ -424,7 +424,7 @@ pub async fn handle(
 
     if let Some(t) = &ex.trace {
         if let Ok(v) = HeaderValue::from_str(&t.upstream_header()) {
-            out.headers.insert("traceparent", v);
+            out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
     let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host, ex).await;
@@ -502,6 +502,10 @@ fn rejected(code: u16, msg: Option<&str>) -> Response<GwBody> {
 }
 
 // Names made at compile time: `insert("x-…", v)` with a `&str` parses the name on every call.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
@@ -619,19 +623,19 @@ async fn proxy_to_upstream(
     // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
     let xff = match out
         .headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
         Some(prev) => format!("{prev}, {remote}"),
         None => remote.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        out.headers.insert("x-forwarded-for", v);
+        out.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     out.headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     if let Some(h) = &orig_host {
-        out.headers.insert("x-forwarded-host", h.clone());
+        out.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
     let path_q = match &out.query {
         Some(q) => format!("{}?{}", out.path, q),
