@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,30 @@ def _as_response(value: Any, plugin: Plugin) -> ShortResponse:
     raise TypeError(f"plugin {plugin.name!r} returned {type(value).__name__}; expected Response or None")
 
 
+# Per-plugin time, sampled: one run in SAMPLE_EVERY of a chain's request phase times each hook, so
+# the metric costs a counter decrement on the other runs. The worker's data plane pulls the totals
+# once a second (`drain_plugin_times`) into `pygateway_plugin_sampled_*`.
+SAMPLE_EVERY = 64
+_times: dict[str, list[int]] = {}
+
+
+def drain_plugin_times() -> list[tuple[str, int, int]]:
+    """(plugin, hook calls timed, nanoseconds) since the last call."""
+    global _times
+    taken, _times = _times, {}
+    return [(name, calls, ns) for name, (calls, ns) in taken.items()]
+
+
+def _timed(plugin: Plugin, hook: Callable[..., Any], *args: Any) -> Any:
+    t = time.perf_counter_ns()
+    try:
+        return hook(*args)
+    finally:
+        spent = _times.setdefault(plugin.name, [0, 0])
+        spent[0] += 1
+        spent[1] += time.perf_counter_ns() - t
+
+
 def _report(plugin: Plugin, phase: int, exc: BaseException) -> ShortResponse:
     log.error("plugin %r failed in %s", plugin.name, PHASES[phase], exc_info=exc)
     return _ERROR
@@ -55,6 +80,7 @@ class Chain:
             [(p, getattr(p, name)) for p in plugins if callable(getattr(p, name, None))] for name in PHASES
         ]
         self.needs_body = any(p.needs_body for p in plugins)
+        self._countdown = SAMPLE_EVERY
         self.phases = sum(1 << i for i, hooks in enumerate(self.hooks) if hooks)
         self.async_phases = sum(
             1 << i
@@ -67,9 +93,24 @@ class Chain:
                 raise TypeError(f"plugins {bad}: {PHASES[i]} hooks must be plain functions, not async")
 
     def run(self, phase: int, req: Any, ctx: dict[str, Any]) -> ShortResponse | None:
+        self._countdown -= 1
+        if not self._countdown:
+            return self._run_timed(phase, req, ctx)
         for plugin, hook in self.hooks[phase]:
             try:
                 out = hook(req, ctx)
+                if out is not None:
+                    return _as_response(out, plugin)
+            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
+                return _report(plugin, phase, exc)
+        return None
+
+    def _run_timed(self, phase: int, req: Any, ctx: dict[str, Any]) -> ShortResponse | None:
+        """`run`, timing each hook (the sampled run)."""
+        self._countdown = SAMPLE_EVERY
+        for plugin, hook in self.hooks[phase]:
+            try:
+                out = _timed(plugin, hook, req, ctx)
                 if out is not None:
                     return _as_response(out, plugin)
             except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
@@ -215,13 +256,17 @@ class ContextChain(Chain):
             return Chain.run(merged, phase, req, ctx)
         if self.route_vars:
             ctx.update(self.route_vars)
-        for plugin, hook in self.hooks[phase]:  # Chain.run, inlined: one Python call less per phase
-            try:
-                out = hook(req, ctx)
-                if out is not None:
-                    return _as_response(out, plugin)
-            except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
-                return _report(plugin, phase, exc)
+        self._countdown -= 1
+        if self._countdown:
+            for plugin, hook in self.hooks[phase]:  # Chain.run, inlined: one Python call less per phase
+                try:
+                    out = hook(req, ctx)
+                    if out is not None:
+                        return _as_response(out, plugin)
+                except Exception as exc:  # noqa: BLE001 - a plugin may raise anything; contain it here
+                    return _report(plugin, phase, exc)
+        elif (out := self._run_timed(phase, req, ctx)) is not None:
+            return out
         if merged is None and phase <= ACCESS and self.table is not None:
             # _identify, inlined for the common case (a consumer who adds no plugins)
             username = req.consumer

@@ -19,7 +19,7 @@ import orjson
 
 from pygateway import _core
 from pygateway.compiled import Compiled
-from pygateway.host import AsyncLoop
+from pygateway.host import AsyncLoop, drain_plugin_times
 from pygateway.http_logger import Sender
 from pygateway.registry import PluginLoadError, Registry
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     Sender(worker).start()  # idle unless a route has http-logger
     loop = AsyncLoop()
     worker.set_async_submit(loop.submit)
+    worker.set_plugin_times(drain_plugin_times)
     threading.Thread(target=_reader, args=(worker, registry), name="pygateway-config", daemon=True).start()
     # Signals are the Rust core's from here (SIGTERM drains, SIGINT/SIGQUIT stop fast); without this,
     # Python's own SIGINT handler would also raise KeyboardInterrupt once run() returns.

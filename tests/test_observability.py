@@ -213,3 +213,38 @@ def test_custom_format_to_stdout_and_a_bad_format_is_refused(gateway, upstream, 
     )  # fmt: skip
     assert bad.returncode == 1
     assert "unknown variable $nope" in bad.stderr
+
+
+def test_python_plugin_time_is_sampled_per_plugin(gateway, upstream, tmp_path):
+    """One run in 64 of a chain's request phase times each hook; the metric gives calls and seconds."""
+    up = upstream()
+    plugdir = tmp_path / "plugins"
+    plugdir.mkdir()
+    (plugdir / "slow.py").write_text(
+        "import time\n"
+        "from pygateway import Plugin\n\n"
+        "class Slow(Plugin):\n"
+        "    name = 'slow-2ms'\n"
+        "    priority = 10\n"
+        "    def access(self, req, ctx):\n"
+        "        time.sleep(0.002)\n"
+    )
+    cfg = {"routes": [route("r1", "/*", up, plugins={"slow-2ms": {}, "request-id": {}})],
+           "plugin_dirs": [str(plugdir)]}  # fmt: skip
+    # 256 requests run the chain's rewrite and access phases: 512 runs, one in 64 timed = 8 timed runs,
+    # each timing the hooks of its phase.
+    gw = gateway(cfg)
+    with httpx.Client(timeout=5) as c:
+        for _ in range(64 * 4):
+            assert c.get(gw.url + "/x").status_code == 200
+    deadline = time.monotonic() + 5
+    total = 0.0
+    while (total := value(s := scrape(gw), "pygateway_plugin_sampled_calls_total")) < 8:
+        assert time.monotonic() < deadline, f"{total} timed calls in the metrics, wanted 8"
+        time.sleep(0.2)
+    slow = value(s, "pygateway_plugin_sampled_calls_total", plugin="slow-2ms")
+    rid = value(s, "pygateway_plugin_sampled_calls_total", plugin="request-id")
+    assert slow + rid == 8 and slow >= 1
+    assert 0.002 <= value(s, "pygateway_plugin_sampled_seconds_total", plugin="slow-2ms") / slow < 0.05
+    if rid:
+        assert value(s, "pygateway_plugin_sampled_seconds_total", plugin="request-id") / rid < 0.001

@@ -349,27 +349,27 @@ pub fn render(shm: &MetricsShm) -> String {
     }
     head(
         &mut out,
-        "pygateway_plugin_calls_total",
+        "pygateway_plugin_sampled_calls_total",
         "counter",
-        "Python plugin hook calls",
+        "Python plugin request-phase hook calls timed (one chain run in 64 is timed)",
     );
     let plugins: Vec<_> = totals
         .iter()
         .filter(|((k, l), _)| *k == KIND_PLUGIN && l.len() == 1)
         .collect();
     for ((_, l), v) in &plugins {
-        out.push_str("pygateway_plugin_calls_total");
+        out.push_str("pygateway_plugin_sampled_calls_total");
         labels(&mut out, &["plugin"], &[&l[0]]);
         let _ = writeln!(out, " {}", v[0]);
     }
     head(
         &mut out,
-        "pygateway_plugin_seconds_total",
+        "pygateway_plugin_sampled_seconds_total",
         "counter",
-        "Time spent in Python plugin hooks",
+        "Time spent in the timed Python plugin hook calls (divide by the calls for a mean)",
     );
     for ((_, l), v) in &plugins {
-        out.push_str("pygateway_plugin_seconds_total");
+        out.push_str("pygateway_plugin_sampled_seconds_total");
         labels(&mut out, &["plugin"], &[&l[0]]);
         let _ = writeln!(out, " {}", v[1] as f64 / 1e9);
     }

@@ -23,9 +23,21 @@ pub struct Observer {
     pub spans: Arc<SpanQueue>,
     /// `file-logger` writers and the `http-logger` queue.
     pub loggers: LoggerSinks,
+    pub plugin_times: Option<PluginTimesPull>,
 }
 
+/// Pulls the Python plugin timings gathered since the last call into the recorder (set by `py/`).
+pub type PluginTimesPull = Box<dyn Fn(&Recorder) + Send>;
+
 impl Observer {
+    /// Record the Python plugin timings sampled since the last pull (the housekeeping task calls
+    /// this once a second, on the I/O thread, the slab's only writer).
+    pub fn pull_plugin_times(&self) {
+        if let Some(pull) = self.plugin_times.as_ref() {
+            pull(&self.rec);
+        }
+    }
+
     pub fn conn_opened(&self) {
         self.rec.bump(G_CONN_ACCEPTED, 1);
         self.rec.bump(G_CONN_HANDLED, 1);

@@ -65,6 +65,8 @@ pub struct Worker {
     limits: Limits,
     listener: Mutex<Option<std::net::TcpListener>>,
     submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
+    /// `drain() -> [(plugin, calls, ns)]`: Python plugin timings sampled by the chains.
+    plugin_times: Mutex<Option<PyObj<PyAny>>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
     /// Metrics slab and access log; moved onto the I/O thread by `run()`.
     observer: Mutex<Option<Observer>>,
@@ -113,6 +115,7 @@ impl Worker {
             },
             listener: Mutex::new(None),
             submit: Mutex::new(None),
+            plugin_times: Mutex::new(None),
             stop_tx,
             observer: Mutex::new(Some(observer)),
             spans,
@@ -219,6 +222,12 @@ impl Worker {
         self.table.load().version
     }
 
+    /// `drain()` returns `[(plugin, calls, ns)]` timed since its last call; pulled once a second into
+    /// the metrics (`pygateway_plugin_sampled_*`).
+    fn set_plugin_times(&self, drain: Py<PyAny>) {
+        *self.plugin_times.lock().unwrap_or_else(|p| p.into_inner()) = Some(PyObj::new(drain));
+    }
+
     /// `submit(coro, waker)`: schedules an async plugin phase on the worker's asyncio loop.
     fn set_async_submit(&self, submit: Py<PyAny>) {
         *self.submit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(PyObj::new(submit)));
@@ -242,12 +251,31 @@ impl Worker {
         );
         let limits = self.limits.clone();
         let stop_rx = self.stop_tx.subscribe();
-        let obs = self
+        let mut obs = self
             .observer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("run() was already called"))?;
+        if let Some(drain) = self
+            .plugin_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            obs.plugin_times = Some(Box::new(move |rec: &Recorder| {
+                Python::attach(|py| {
+                    let Ok(rows) = drain.get().bind(py).call0() else {
+                        return;
+                    };
+                    if let Ok(rows) = rows.extract::<Vec<(String, u64, u64)>>() {
+                        for (name, calls, ns) in rows {
+                            rec.plugin_time(&name, calls, ns);
+                        }
+                    }
+                })
+            }));
+        }
         py.detach(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -311,6 +339,7 @@ fn observer(
         log,
         spans: Default::default(),
         loggers: Default::default(),
+        plugin_times: None,
     })
 }
 

@@ -212,9 +212,16 @@ async fn log_housekeeping(obs: Rc<observe::Observer>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
-            _ = tick.tick() => obs.flush_log(),
+            _ = tick.tick() => {
+                obs.flush_log();
+                ticks = ticks.wrapping_add(1);
+                if ticks % 10 == 0 {
+                    obs.pull_plugin_times();
+                }
+            }
             Some(_) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 if let Some(log) = &obs.log {
                     log.reopen();
