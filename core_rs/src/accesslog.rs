@@ -59,6 +59,19 @@ impl Var {
                 | Var::Msec
         )
     }
+
+    /// Values the gateway formats itself from a fixed alphabet: nothing to escape in JSON.
+    fn json_safe(&self) -> bool {
+        matches!(
+            self,
+            Var::RemoteAddr
+                | Var::TimeLocal
+                | Var::TimeIso8601
+                | Var::RequestMethod
+                | Var::ServerProtocol
+                | Var::TraceId
+        )
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -358,10 +371,21 @@ fn value(out: &mut Vec<u8>, v: &Var, c: &Capture, d: &Done<'_>) {
     }
 }
 
+/// Bytes a JSON string cannot carry as they are: quote, backslash, controls, and non-ASCII (checked
+/// for valid UTF-8 the slow way).
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = i < 0x20 || i >= 0x80 || i == b'"' as usize || i == b'\\' as usize;
+        i += 1;
+    }
+    t
+};
+
 /// JSON-escape `out[from..]` in place (a no-op copy-free check in the usual case).
 fn escape_tail(out: &mut Vec<u8>, from: usize) {
-    let needs = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20 || *b >= 0x80;
-    if !out[from..].iter().any(needs) {
+    if !out[from..].iter().any(|&b| NEEDS_ESCAPE[b as usize]) {
         return;
     }
     let raw = out.split_off(from);
@@ -437,7 +461,9 @@ impl LogFormat {
                                 continue;
                             }
                             if quoted {
-                                escape_tail(out, at);
+                                if !v.json_safe() {
+                                    escape_tail(out, at);
+                                }
                                 out.push(b'"');
                             }
                         }
