@@ -278,8 +278,12 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// Decimal digits of `v`, without allocating.
-fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(decimal(&mut [0; 20], v).as_bytes());
+}
+
+/// `v` in decimal, written into `buf` (no allocation; also used for metric labels).
+pub fn decimal(buf: &mut [u8; 20], mut v: u64) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -289,7 +293,7 @@ fn put_u64(out: &mut Vec<u8>, mut v: u64) {
             break;
         }
     }
-    out.extend_from_slice(&buf[i..]);
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 /// Microseconds as seconds with millisecond resolution, as nginx prints `$request_time`.

@@ -3,6 +3,7 @@
 //! Metric names and labels follow APISIX's prometheus plugin so its Grafana dashboard works.
 pub mod shm;
 
+use crate::accesslog::decimal;
 use shm::{
     observe, Counters, MetricsShm, SlabWriter, BUCKETS_MS, HIST_WORDS, KIND_HTTP, KIND_LIMIT,
     KIND_PLUGIN, KIND_UPSTREAM,
@@ -74,8 +75,8 @@ impl Recorder {
     }
 
     pub fn http(&self, s: &HttpSample<'_>) {
-        let mut code = itoa_buf();
-        let code = fmt_u16(&mut code, s.code);
+        let mut code = [0; 20];
+        let code = decimal(&mut code, s.code.into());
         let labels = [
             code,
             s.route,
@@ -112,27 +113,10 @@ impl Recorder {
 
     /// Passive health of an upstream node as this worker last saw it (1 reachable, 0 not).
     pub fn upstream_health(&self, name: &str, ip: &str, port: u16, healthy: bool) {
-        let mut p = itoa_buf();
-        let p = fmt_u16(&mut p, port);
+        let mut p = [0; 20];
+        let p = decimal(&mut p, port.into());
         self.with_entry(KIND_UPSTREAM, &[name, ip, p], |c| c.set(0, healthy as u64));
     }
-}
-
-fn itoa_buf() -> [u8; 5] {
-    [0; 5]
-}
-
-fn fmt_u16(buf: &mut [u8; 5], mut v: u16) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 fn esc(out: &mut String, v: &str) {
