@@ -186,8 +186,11 @@ fn record_health(obs: &Observer, ex: &Exchange) {
     let report = |n: &NodeRef, ok: bool| {
         if let NodeRef::Pool(u, i) = n {
             let want = if ok { 1 } else { 2 };
-            // Written on change only: the common path is one relaxed load.
-            if u.nodes[*i].health.swap(want, Ordering::Relaxed) != want {
+            // Written on change only: the common path is one relaxed load (no locked swap).
+            let health = &u.nodes[*i].health;
+            if health.load(Ordering::Relaxed) != want
+                && health.swap(want, Ordering::Relaxed) != want
+            {
                 obs.rec
                     .upstream_health(&u.name, &u.nodes[*i].addr_host, u.nodes[*i].port, ok);
             }
