@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod py;
 pub mod router;
 pub mod server;
+pub mod shmfile;
 
 use pyo3::prelude::*;
 

@@ -52,7 +52,6 @@
 //! machine). All algorithms take `now_ns` as a parameter so tests can inject
 //! time.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -226,17 +225,7 @@ impl ShmTable {
     /// Create (or truncate) the file at `path`, size it for `slots` slots and
     /// initialise the header.
     pub fn create(path: &Path, slots: usize) -> io::Result<ShmTable> {
-        let len = bytes_for(slots)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.set_len(len as u64)?;
-        // SAFETY: the file was just created/truncated by us; other processes
-        // only map it through `open`, which verifies the header.
-        let map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
+        let map = crate::shmfile::create(path, bytes_for(slots)?)?;
         let table = Self::from_map(map, slots);
         table.init_header(slots);
         Ok(table)
@@ -245,13 +234,8 @@ impl ShmTable {
     /// Map an existing table created by [`ShmTable::create`]; verifies magic,
     /// version and size.
     pub fn open(path: &Path) -> io::Result<ShmTable> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let flen = file.metadata()?.len() as usize;
-        if flen < HEADER_BYTES {
-            return Err(invalid("limiter table file too short"));
-        }
-        // SAFETY: shared mapping of a file; all access is through atomics.
-        let map = unsafe { MmapOptions::new().len(flen).map_mut(&file)? };
+        let map = crate::shmfile::open(path, HEADER_BYTES, "limiter table")?;
+        let flen = map.len();
         let mut table = Self::from_map(map, 0);
         if table.header(H_MAGIC).load(Ordering::Acquire) != MAGIC {
             return Err(invalid("limiter table: bad magic"));

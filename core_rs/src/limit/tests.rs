@@ -285,7 +285,7 @@ fn open_rejects_garbage() {
     assert!(ShmTable::open(&path).is_err());
     // Valid header but truncated file.
     ShmTable::create(&path, 64).unwrap();
-    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(128).unwrap();
     assert!(ShmTable::open(&path).is_err());
     assert!(ShmTable::open(&temp_path("missing")).is_err());

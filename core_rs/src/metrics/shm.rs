@@ -8,7 +8,6 @@
 //! removed, so a respawned worker reopens its slab, re-indexes it and counts on from where its
 //! predecessor stopped: totals survive crashes.
 use memmap2::{MmapMut, MmapOptions};
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,16 +51,7 @@ fn invalid(msg: &str) -> io::Error {
 impl MetricsShm {
     pub fn create(path: &Path, slabs: usize, slab_bytes: usize) -> io::Result<MetricsShm> {
         let slab_bytes = slab_bytes.next_multiple_of(64).max(ENTRIES_AT + 64);
-        let len = HEADER + slabs.max(1) * slab_bytes;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        file.set_len(len as u64)?;
-        // SAFETY: a file we just created; others map it only through `open`, which checks the header.
-        let map = unsafe { MmapOptions::new().len(len).map_mut(&file)? };
+        let map = crate::shmfile::create(path, HEADER + slabs.max(1) * slab_bytes)?;
         Ok(Self::init(map, slabs.max(1), slab_bytes))
     }
 
@@ -90,13 +80,8 @@ impl MetricsShm {
     }
 
     pub fn open(path: &Path) -> io::Result<MetricsShm> {
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let flen = file.metadata()?.len() as usize;
-        if flen < HEADER {
-            return Err(invalid("metrics file too short"));
-        }
-        // SAFETY: shared mapping of a file; all access is through atomics.
-        let mut map = unsafe { MmapOptions::new().len(flen).map_mut(&file)? };
+        let mut map = crate::shmfile::open(path, HEADER, "metrics")?;
+        let flen = map.len();
         let base = map.as_mut_ptr();
         let mut m = MetricsShm {
             _map: map,
