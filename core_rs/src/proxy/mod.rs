@@ -223,7 +223,7 @@ pub async fn handle(
             ex.ingress = observe::head_len(&req);
         }
         if let Some(l) = &table.unmatched_loggers {
-            ex.logs = Some(loggers::LogCapture::new(l, &req, peer));
+            capture_for_loggers(ex, l, &req, peer);
         }
         return error_response(StatusCode::NOT_FOUND, "404 Route Not Found");
     };
@@ -241,14 +241,7 @@ pub async fn handle(
         ex.ingress = observe::head_len(&req);
     }
     if let Some(l) = &route.loggers {
-        ex.logs = Some(loggers::LogCapture::new(
-            l,
-            &req,
-            SocketAddr::new(remote, client_port),
-        ));
-        if ex.trace_id.is_none() {
-            ex.trace_id = observe::trace_id(&req);
-        }
+        capture_for_loggers(ex, l, &req, SocketAddr::new(remote, client_port));
     }
     if let Some(conf) = &route.otel {
         let tp = req
@@ -436,6 +429,19 @@ pub async fn handle(
     match gzip_ask {
         Some((conf, ask)) => gzip::apply(conf, &ask, resp),
         None => resp,
+    }
+}
+
+/// What `file-logger` / `http-logger` will log of this request, taken before the request is consumed.
+fn capture_for_loggers(
+    ex: &mut Exchange,
+    l: &Arc<loggers::RouteLoggers>,
+    req: &Request<Incoming>,
+    client: SocketAddr,
+) {
+    ex.logs = Some(loggers::LogCapture::new(l, req, client));
+    if ex.trace_id.is_none() {
+        ex.trace_id = observe::trace_id(req);
     }
 }
 

@@ -113,11 +113,7 @@ pub struct Exchange {
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id<B>(req: &http::Request<B>) -> Option<String> {
     let v = req.headers().get("traceparent")?.to_str().ok()?;
-    let mut parts = v.split('-');
-    let (ver, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let ok = hex(ver, 2) && ver != "ff" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2);
-    (ok && trace.bytes().any(|b| b != b'0')).then(|| trace.to_ascii_lowercase())
+    trace::parse_traceparent(v).map(|(t, _, _)| trace::hex(&t))
 }
 
 /// Bytes of a request head as received (request line + headers), for `$request_length`/ingress.
