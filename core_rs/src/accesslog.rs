@@ -308,9 +308,29 @@ fn put_secs(out: &mut Vec<u8>, us: u64) {
     ]);
 }
 
-fn put_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
-    use std::io::Write as _;
-    let _ = write!(out, "{ip}");
+/// `ip` as text; IPv4 by hand (`Display` costs ~1.3k instructions, and X-Forwarded-For needs it
+/// on every proxied request).
+pub fn put_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if o >= 100 {
+                    out.push(b'0' + o / 100);
+                }
+                if o >= 10 {
+                    out.push(b'0' + o / 10 % 10);
+                }
+                out.push(b'0' + o % 10);
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// Append the raw value of `v` to `out` (nothing when unknown).
@@ -663,6 +683,24 @@ fn writer(sink: Sink, mut out: File, rx: Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_ip_matches_display() {
+        for s in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = s.parse().unwrap();
+            let mut out = b"x".to_vec();
+            put_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("x{ip}"));
+        }
+    }
 
     fn cap(fmt: &LogFormat) -> Capture {
         let req = http::Request::builder()

@@ -821,6 +821,23 @@ enum Parsed {
 }
 
 /// Parse one response head at the start of `buf`, consuming it when complete.
+/// Hop-by-hop header names (RFC 9110 §7.6.1 and the usual extras): never forwarded.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Parse a response head. Hop-by-hop headers (and any the `Connection` header names) are read for
+/// framing and keep-alive, and left out of the returned map: the body is decoded here, and the
+/// proxy must not forward them.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static str> {
     let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -880,6 +897,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
     let mut te_chunked = false;
     let mut conn_close = false;
     let mut conn_keep_alive = false;
+    let mut conn_named: Vec<HeaderName> = Vec::new();
     for &(no, nl, vo, vl) in &spans[..count] {
         let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
         let name = HeaderName::from_bytes(&head[no..no + nl])
@@ -908,12 +926,20 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
                     conn_close = true;
                 } else if t.eq_ignore_ascii_case(b"keep-alive") {
                     conn_keep_alive = true;
+                } else if let Ok(n) = HeaderName::from_bytes(t) {
+                    conn_named.push(n);
                 }
             }
+        }
+        if is_hop_by_hop(&name) {
+            continue;
         }
         let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
             .map_err(|_| "invalid response header value")?;
         headers.append(name, value);
+    }
+    for n in &conn_named {
+        headers.remove(n);
     }
     let mut keep_alive = if minor == 1 {
         !conn_close
@@ -1037,7 +1063,9 @@ pub async fn send(
             Err(_) => {}
         }
     }
-    let mut conn = connect(target, hash, connect_timeout).await?;
+    // Boxed: the connect (and TLS handshake) state is large and rare; unboxed it would be copied
+    // with every request's future.
+    let mut conn = Box::pin(connect(target, hash, connect_timeout)).await?;
     match exchange(
         &mut conn,
         method,
@@ -1687,10 +1715,32 @@ mod tests {
         let t = up.target();
         for _ in 0..2 {
             let r = get(&t).await.unwrap();
-            assert_eq!(r.headers()["transfer-encoding"], "chunked");
+            // Decoded here: the framing header is not handed on.
+            assert!(!r.headers().contains_key("transfer-encoding"));
             assert_eq!(body_of(r).await.unwrap(), b"hello world!!!!!!");
         }
         assert_eq!(up.conns(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn hop_by_hop_response_headers_left_out() {
+        let up = upstream(|_| {
+            Act::Reply(
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Private\r\nKeep-Alive: timeout=5\r\n\
+                  X-Private: 1\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+                    .to_vec(),
+            )
+        })
+        .await;
+        let t = up.target();
+        for _ in 0..2 {
+            let r = get(&t).await.unwrap();
+            let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+            names.sort();
+            assert_eq!(names, ["content-length", "x-kept"]);
+            assert_eq!(body_of(r).await.unwrap(), b"ok");
+        }
+        assert_eq!(up.conns(), 1, "keep-alive still honoured");
     }
 
     #[tokio::test(flavor = "current_thread")]

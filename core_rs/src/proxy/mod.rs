@@ -80,19 +80,17 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: most requests and responses carry none of them.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    if !h.keys().any(h1client::is_hop_by_hop) {
         return;
     }
     if let Some(conn) = h.get(header::CONNECTION) {
-        let named: Vec<String> = conn
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
+        let named: Vec<HeaderName> = conn
+            .as_bytes()
+            .split(|&b| b == b',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for n in named {
-            h.remove(n.as_str());
+            h.remove(n);
         }
     }
     for n in HOP_BY_HOP.iter() {
@@ -292,7 +290,7 @@ pub async fn handle(
             let ReqBody::Stream(incoming) = body else {
                 unreachable!("streamed until here")
             };
-            match read_body(incoming).await {
+            match Box::pin(read_body(incoming)).await {
                 Ok(b) => buffered = Some(b),
                 Err(resp) => return resp,
             }
@@ -324,7 +322,8 @@ pub async fn handle(
             let p = chain.begin(info);
             for phase in FIRST {
                 if chain.has(phase) {
-                    if let Flow::Respond(r) = chain.request_phase(submit, &p, phase).await {
+                    if let Flow::Respond(r) = Box::pin(chain.request_phase(submit, &p, phase)).await
+                    {
                         return finish_short(chain, p, r);
                     }
                 }
@@ -397,7 +396,7 @@ pub async fn handle(
                         return finish_resp(route, preq, r);
                     }
                     Ok(delay) if delay > 0 && !lr.nodelay => {
-                        tokio::time::sleep(std::time::Duration::from_nanos(delay)).await;
+                        Box::pin(tokio::time::sleep(std::time::Duration::from_nanos(delay))).await;
                     }
                     Ok(_) => {}
                 }
@@ -407,7 +406,9 @@ pub async fn handle(
 
     if let (Some(chain), Some(p), Some(submit)) = (&route.chain, &preq, &shared.submit) {
         if chain.has(host::BEFORE_PROXY) {
-            if let Flow::Respond(r) = chain.request_phase(submit, p, host::BEFORE_PROXY).await {
+            if let Flow::Respond(r) =
+                Box::pin(chain.request_phase(submit, p, host::BEFORE_PROXY)).await
+            {
                 let preq = preq.expect("checked");
                 return finish_short(chain, preq, r);
             }
@@ -627,15 +628,13 @@ async fn proxy_to_upstream(
         .cloned();
     strip_hop_by_hop(&mut out.headers);
     // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
-    let xff = match out
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {remote}"),
-        None => remote.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut xff = Vec::with_capacity(64);
+    if let Some(prev) = out.headers.get(&X_FORWARDED_FOR) {
+        xff.extend_from_slice(prev.as_bytes());
+        xff.extend_from_slice(b", ");
+    }
+    crate::accesslog::put_ip(&mut xff, remote);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         out.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     out.headers
@@ -744,8 +743,8 @@ async fn proxy_to_upstream(
             Ok(resp) => {
                 ex.upstream_status = Some(resp.status().as_u16());
                 ex.node = node;
-                let (mut parts, inc) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                // The client leaves hop-by-hop headers out of responses.
+                let (parts, inc) = resp.into_parts();
                 return Response::from_parts(parts, GwBody::Upstream(inc));
             }
             Err(e) => e,

@@ -290,7 +290,15 @@ impl Worker {
                     max_uri_len: 8192,
                     obs: Rc::new(obs),
                 });
-                server::serve(listener, shared, limits, server::shutdown_signal(stop_rx)).await
+                // Spawned, not driven directly: `block_on` polls its own future on every wake-up
+                // of any task, and the accept loop's select over signal futures costs ~2.7k
+                // instructions per poll; a JoinHandle is cheap to poll.
+                let serve =
+                    server::serve(listener, shared, limits, server::shutdown_signal(stop_rx));
+                match tokio::task::spawn_local(serve).await {
+                    Ok(r) => r,
+                    Err(e) => Err(std::io::Error::other(format!("server task failed: {e}"))),
+                }
             });
             // Drop the runtime (and every task still holding Python objects) before returning.
             drop(local);

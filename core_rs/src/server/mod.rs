@@ -1,5 +1,6 @@
 //! Listener, accept loop and per-connection HTTP setup (HTTP/1.1 keep-alive + h2c prior knowledge),
 //! with the edge limits of DESIGN §7 and a graceful drain.
+mod drain;
 pub mod edge;
 
 use crate::accesslog::Capture;
@@ -117,8 +118,7 @@ pub async fn serve(
         max_headers: limits.max_headers,
         timeout: limits.header_timeout,
     };
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let open = Rc::new(Cell::new(0usize));
+    let drain_set = drain::Drain::default();
     // Open connections per client address (this worker's share; each worker enforces the cap).
     let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
@@ -141,13 +141,13 @@ pub async fn serve(
                 };
                 let ip = peer.ip();
                 let from_ip = per_ip.borrow().get(&ip).copied().unwrap_or(0);
-                if open.get() >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+                if drain_set.open() >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
                     drop(stream); // over a cap: close fast so admitted latency stays bounded
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
                 shared.obs.conn_opened();
-                open.set(open.get() + 1);
+                let admitted = drain_set.admit();
                 *per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
                 let conn_obs = shared.obs.clone();
                 let shared = shared.clone();
@@ -177,13 +177,11 @@ pub async fn serve(
                     }
                 });
                 let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
-                let conn = graceful.watch(conn);
-                let open = open.clone();
+                let drain_set = drain_set.clone();
                 let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
-                    let _ = conn.await;
+                    let _ = drain_set.serve(admitted, conn).await;
                     conn_obs.conn_closed();
-                    open.set(open.get() - 1);
                     let mut m = per_ip.borrow_mut();
                     if let Some(n) = m.get_mut(&ip) {
                         *n -= 1;
@@ -197,7 +195,8 @@ pub async fn serve(
     };
     drop(listener); // stop accepting: new connections go to the other workers
     if drain {
-        let _ = tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await;
+        drain_set.start();
+        let _ = tokio::time::timeout(limits.drain_timeout, drain_set.closed()).await;
     }
     if let Some(t) = log_task {
         t.abort();
