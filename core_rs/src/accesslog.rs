@@ -83,7 +83,14 @@ enum Piece {
 #[derive(Clone, Debug)]
 enum Shape {
     Text(Vec<Piece>),
-    Json(Vec<(String, Vec<Piece>)>),
+    Json(Vec<JsonField>),
+}
+
+/// One member of a JSON line: `prefix` is `{"key":` or `,"key":`, escaped when the format is parsed.
+#[derive(Clone, Debug)]
+struct JsonField {
+    prefix: Box<[u8]>,
+    pieces: Vec<Piece>,
 }
 
 /// A compiled log format.
@@ -113,7 +120,17 @@ impl LogFormat {
                             "access log format: field {k:?} must be a string like \"$remote_addr\""
                         )
                     })?;
-                    fields.push((k, pieces(v, &mut headers)?));
+                    let mut prefix = if fields.is_empty() {
+                        b"{".to_vec()
+                    } else {
+                        b",".to_vec()
+                    };
+                    json_key(&mut prefix, &k);
+                    prefix.push(b':');
+                    fields.push(JsonField {
+                        prefix: prefix.into(),
+                        pieces: pieces(v, &mut headers)?,
+                    });
                 }
                 Shape::Json(fields)
             }
@@ -279,21 +296,7 @@ fn protocol(v: Version) -> &'static str {
 
 /// Decimal digits of `v`, without allocating.
 fn put_u64(out: &mut Vec<u8>, v: u64) {
-    out.extend_from_slice(decimal(&mut [0; 20], v).as_bytes());
-}
-
-/// `v` in decimal, written into `buf` (no allocation; also used for metric labels).
-pub fn decimal(buf: &mut [u8; 20], mut v: u64) -> &str {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Microseconds as seconds with millisecond resolution, as nginx prints `$request_time`.
@@ -407,9 +410,29 @@ static NEEDS_ESCAPE: [bool; 256] = {
     t
 };
 
+/// Whether any byte of `s` needs escaping, 8 bytes at a time (the usual answer is no).
+fn needs_escape(s: &[u8]) -> bool {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Some byte of `w` is below `n` (exact when every byte is below 0x80).
+    let below = |w: u64, n: u8| w.wrapping_sub(LO * n as u64) & !w & HI != 0;
+    let mut chunks = s.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_ne_bytes(c.try_into().expect("8 bytes"));
+        if w & HI != 0
+            || below(w, 0x20)
+            || below(w ^ (LO * b'"' as u64), 1)
+            || below(w ^ (LO * b'\\' as u64), 1)
+        {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| NEEDS_ESCAPE[b as usize])
+}
+
 /// JSON-escape `out[from..]` in place (a no-op copy-free check in the usual case).
 fn escape_tail(out: &mut Vec<u8>, from: usize) {
-    if !out[from..].iter().any(|&b| NEEDS_ESCAPE[b as usize]) {
+    if !needs_escape(&out[from..]) {
         return;
     }
     let raw = out.split_off(from);
@@ -463,13 +486,11 @@ impl LogFormat {
                 }
             }
             Shape::Json(fields) => {
-                out.push(b'{');
-                for (i, (k, ps)) in fields.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    json_key(out, k);
-                    out.push(b':');
+                if fields.is_empty() {
+                    out.push(b'{');
+                }
+                for JsonField { prefix, pieces: ps } in fields {
+                    out.extend_from_slice(prefix);
                     match ps.as_slice() {
                         [Piece::Var(v)] => {
                             let quoted = !v.numeric();
@@ -683,6 +704,24 @@ fn writer(sink: Sink, mut out: File, rx: Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needs_escape_agrees_with_the_table() {
+        let mut s = *b"abcdefghijklmnopqrstuvwxy";
+        assert!(!needs_escape(&s));
+        for pos in 0..s.len() {
+            for b in 0..=255u8 {
+                let keep = s[pos];
+                s[pos] = b;
+                assert_eq!(
+                    needs_escape(&s),
+                    NEEDS_ESCAPE[b as usize],
+                    "byte {b:#x} at {pos}"
+                );
+                s[pos] = keep;
+            }
+        }
+    }
 
     #[test]
     fn put_ip_matches_display() {

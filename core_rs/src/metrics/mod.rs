@@ -3,7 +3,6 @@
 //! Metric names and labels follow APISIX's prometheus plugin so its Grafana dashboard works.
 pub mod shm;
 
-use crate::accesslog::decimal;
 use shm::{
     observe, Counters, MetricsShm, SlabWriter, BUCKETS_MS, HIST_WORDS, KIND_HTTP, KIND_LIMIT,
     KIND_PLUGIN, KIND_UPSTREAM,
@@ -67,7 +66,11 @@ impl Recorder {
                 key.push(SEP);
             }
             // A separator inside a value would shift labels: drop it.
-            key.extend(l.bytes().filter(|&b| b != SEP));
+            if l.as_bytes().contains(&SEP) {
+                key.extend(l.bytes().filter(|&b| b != SEP));
+            } else {
+                key.extend_from_slice(l.as_bytes());
+            }
         }
         if let Some(c) = self.slab.counters(&key) {
             f(&c);
@@ -75,8 +78,8 @@ impl Recorder {
     }
 
     pub fn http(&self, s: &HttpSample<'_>) {
-        let mut code = [0; 20];
-        let code = decimal(&mut code, s.code.into());
+        let mut code = itoa::Buffer::new();
+        let code = code.format(s.code);
         let labels = [
             code,
             s.route,
@@ -113,8 +116,8 @@ impl Recorder {
 
     /// Passive health of an upstream node as this worker last saw it (1 reachable, 0 not).
     pub fn upstream_health(&self, name: &str, ip: &str, port: u16, healthy: bool) {
-        let mut p = [0; 20];
-        let p = decimal(&mut p, port.into());
+        let mut p = itoa::Buffer::new();
+        let p = p.format(port);
         self.with_entry(KIND_UPSTREAM, &[name, ip, p], |c| c.set(0, healthy as u64));
     }
 }
