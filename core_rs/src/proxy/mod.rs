@@ -421,7 +421,7 @@ pub async fn handle(
             out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
-    let resp = proxy_to_upstream(route, out, body, remote, &host, orig_host, ex).await;
+    let resp = proxy_to_upstream(route, &mut out, body, remote, &host, orig_host.as_ref(), ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
         quota_headers(resp.headers_mut(), limit, remaining, reset);
@@ -613,18 +613,18 @@ fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<
 
 async fn proxy_to_upstream(
     route: &CompiledRoute,
-    mut out: Outgoing,
+    out: &mut Outgoing,
     body: ReqBody,
     remote: IpAddr,
     host: &str,
-    orig_host: Option<HeaderValue>,
+    orig_host: Option<&HeaderValue>,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
     let u = &route.upstream;
     let plugin_host = out
         .headers
         .get(header::HOST)
-        .filter(|h| Some(*h) != orig_host.as_ref())
+        .filter(|h| Some(*h) != orig_host)
         .cloned();
     strip_hop_by_hop(&mut out.headers);
     // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
@@ -639,7 +639,7 @@ async fn proxy_to_upstream(
     }
     out.headers
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    if let Some(h) = &orig_host {
+    if let Some(h) = orig_host {
         out.headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
     let path_q = match &out.query {
@@ -696,7 +696,7 @@ async fn proxy_to_upstream(
         let host_value = match &u.pass_host {
             // A Host header a plugin set (e.g. proxy-rewrite `host`) wins over `pass_host`.
             _ if plugin_host.is_some() => plugin_host.clone(),
-            PassHost::Pass => orig_host.clone(),
+            PassHost::Pass => orig_host.cloned(),
             PassHost::Node => None,
             PassHost::Rewrite(h) => Some(h.clone()),
         };
