@@ -681,18 +681,94 @@ fn open_sink(sink: &Sink) -> std::io::Result<File> {
     }
 }
 
+/// Keeps a log file's page-cache footprint bounded ("drop-behind"): what was written more than
+/// `STEP` ago is sent to writeback, and the step before that is dropped from the cache. The next
+/// writes then reuse warm, recently freed pages: appending into fresh pages cost 0.6-0.9 us of
+/// kernel time per 400-byte line on this project's VMs, reused ones ~0.1 us (and a busy log no
+/// longer evicts the rest of the page cache).
+struct DropBehind {
+    /// File offsets: written up to, writeback started up to, dropped up to.
+    written: u64,
+    synced: u64,
+    dropped: u64,
+}
+
+impl DropBehind {
+    const STEP: u64 = 8 << 20;
+
+    /// For regular files only (not a pipe or terminal on stdout).
+    fn of(f: &File) -> Option<DropBehind> {
+        use std::io::Seek as _;
+        if !f.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        // Appending: the position is the end of the file (other workers append to it too).
+        let end = (&*f).seek(std::io::SeekFrom::End(0)).ok()?;
+        Some(DropBehind {
+            written: end,
+            synced: end,
+            dropped: end,
+        })
+    }
+
+    fn wrote(&mut self, f: &File) {
+        use std::io::Seek as _;
+        use std::os::fd::AsRawFd as _;
+        let Ok(end) = (&*f).stream_position() else {
+            return;
+        };
+        self.written = end;
+        if self.written < self.synced + Self::STEP {
+            return;
+        }
+        let fd = f.as_raw_fd();
+        // SAFETY: plain syscalls on a descriptor we own; the ranges are within the file.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.synced as i64,
+                (self.written - self.synced) as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            if self.synced >= self.dropped + Self::STEP {
+                libc::posix_fadvise(
+                    fd,
+                    self.dropped as i64,
+                    (self.synced - self.dropped) as i64,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+                self.dropped = self.synced;
+            }
+        }
+        self.synced = self.written;
+    }
+}
+
 fn writer(sink: Sink, mut out: File, rx: Receiver<Msg>) {
+    // SCHED_BATCH: waking this thread (once a batch) must not preempt the I/O thread mid-request
+    // (profiles showed the switch pair costing ~0.1 us a request); it runs at the next natural
+    // switch, or on another core.
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    let mut behind = DropBehind::of(&out);
     while let Ok(msg) = rx.recv() {
         match msg {
             Msg::Lines(b) => {
                 if let Err(e) = out.write_all(&b) {
                     eprintln!("pygateway: access log write failed: {e}");
                 }
+                if let Some(d) = &mut behind {
+                    d.wrote(&out);
+                }
             }
             Msg::Reopen => {
                 if let Sink::File(_) = sink {
                     match open_sink(&sink) {
-                        Ok(f) => out = f,
+                        Ok(f) => {
+                            behind = DropBehind::of(&f);
+                            out = f;
+                        }
                         Err(e) => eprintln!("pygateway: access log reopen failed: {e}"),
                     }
                 }
@@ -704,6 +780,30 @@ fn writer(sink: Sink, mut out: File, rx: Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drop_behind_keeps_every_byte() {
+        let dir = std::env::temp_dir().join(format!("pgw-dropbehind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        std::fs::write(&path, b"before\n").unwrap();
+        let sink = Sink::File(path.clone());
+        let (tx, rx) = sync_channel(4);
+        let out = open_sink(&sink).unwrap();
+        let t = std::thread::spawn(move || writer(sink, out, rx));
+        let batch: Vec<u8> = (0..(1 << 20) / 16).flat_map(|i| format!("{i:015}\n").into_bytes()).collect();
+        let n = 3 * DropBehind::STEP as usize / batch.len() + 1;
+        for _ in 0..n {
+            tx.send(Msg::Lines(batch.clone())).unwrap();
+        }
+        drop(tx);
+        t.join().unwrap();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 7 + n * batch.len());
+        assert!(data.starts_with(b"before\n"));
+        assert!(data[7..].chunks(batch.len()).all(|c| c == batch.as_slice()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn needs_escape_agrees_with_the_table() {
