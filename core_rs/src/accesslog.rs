@@ -791,7 +791,9 @@ mod tests {
         let (tx, rx) = sync_channel(4);
         let out = open_sink(&sink).unwrap();
         let t = std::thread::spawn(move || writer(sink, out, rx));
-        let batch: Vec<u8> = (0..(1 << 20) / 16).flat_map(|i| format!("{i:015}\n").into_bytes()).collect();
+        let batch: Vec<u8> = (0..(1 << 20) / 16)
+            .flat_map(|i| format!("{i:015}\n").into_bytes())
+            .collect();
         let n = 3 * DropBehind::STEP as usize / batch.len() + 1;
         for _ in 0..n {
             tx.send(Msg::Lines(batch.clone())).unwrap();

@@ -421,7 +421,8 @@ pub async fn handle(
             out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
-    let resp = proxy_to_upstream(route, &mut out, body, remote, &host, orig_host.as_ref(), ex).await;
+    let resp =
+        proxy_to_upstream(route, &mut out, body, remote, &host, orig_host.as_ref(), ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
         quota_headers(resp.headers_mut(), limit, remaining, reset);
