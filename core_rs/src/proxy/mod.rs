@@ -663,7 +663,7 @@ async fn proxy_to_upstream(
         && out.node_override.is_none()
         && u.retries > 0
         && u.nodes.len() > 1;
-    let hkey = hash_key(u, &out, host, remote);
+    let hkey = hash_key(u, out, host, remote);
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
     loop {
