@@ -228,8 +228,8 @@ pub struct Capture {
     pub uri: Box<str>,
     pub version: Version,
     pub peer: SocketAddr,
-    /// The Host header, or the request target's authority.
-    pub host: Box<str>,
+    /// The Host header, or the request target's authority (raw bytes: escaped when written).
+    pub host: Box<[u8]>,
     pub wall: SystemTime,
     pub headers: Vec<Option<Box<[u8]>>>,
 }
@@ -237,8 +237,13 @@ pub struct Capture {
 impl Capture {
     pub fn new(fmt: &LogFormat, req: &http::Request<impl Sized>, peer: SocketAddr) -> Capture {
         let host = match req.headers().get(http::header::HOST) {
-            Some(h) => String::from_utf8_lossy(h.as_bytes()).into(),
-            None => req.uri().authority().map_or("", |a| a.as_str()).into(),
+            Some(h) => h.as_bytes().into(),
+            None => req
+                .uri()
+                .authority()
+                .map_or("", |a| a.as_str())
+                .as_bytes()
+                .into(),
         };
         Capture {
             method: req.method().clone(),
@@ -250,7 +255,8 @@ impl Capture {
             version: req.version(),
             peer,
             host,
-            wall: SystemTime::now(),
+            // Coarse, like nginx's cached time: the fields print seconds or milliseconds.
+            wall: crate::clock::wall(),
             headers: fmt
                 .headers
                 .iter()
@@ -385,7 +391,7 @@ fn value(out: &mut Vec<u8>, v: &Var, c: &Capture, d: &Done<'_>) {
                 put_secs(out, us);
             }
         }
-        Var::Host => out.extend_from_slice(c.host.as_bytes()),
+        Var::Host => out.extend_from_slice(&c.host),
         Var::Header(i) => {
             if let Some(Some(h)) = c.headers.get(*i) {
                 out.extend_from_slice(h);

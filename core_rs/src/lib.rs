@@ -1,6 +1,7 @@
 //! pygateway's data plane. Everything but `py/` is free of PyO3, so `cargo test` runs without Python.
 pub mod accesslog;
 pub mod cidr;
+pub mod clock;
 pub mod config;
 pub mod limit;
 pub mod loadgen;

@@ -135,18 +135,6 @@ fn idle_timeout_ms() -> u64 {
     IDLE_TIMEOUT_MS.load(Ordering::Relaxed)
 }
 
-/// Milliseconds on the coarse monotonic clock (a few ms resolution, no clock read: the pool ages
-/// idle connections by seconds, and two precise clock reads a request showed in profiles).
-fn coarse_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
 thread_local! {
     static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
@@ -247,7 +235,7 @@ fn checkout(hash: u64, target: &Target<'_>) -> Option<Box<Conn>> {
         if slot.idle.is_empty() {
             return None;
         }
-        let now = coarse_ms();
+        let now = crate::clock::monotonic_ms();
         let max_age = idle_timeout_ms();
         while let Some(mut c) = slot.idle.pop_back() {
             if now.saturating_sub(c.idle_since_ms) > max_age {
@@ -272,7 +260,7 @@ fn checkin(mut conn: Box<Conn>) {
     if max == 0 {
         return;
     }
-    let now = coarse_ms();
+    let now = crate::clock::monotonic_ms();
     conn.idle_since_ms = now;
     let max_age = idle_timeout_ms();
     let _ = POOL.try_with(|p| {
@@ -404,7 +392,7 @@ struct Conn {
     hash: u64,
     /// `thread_token()` of the thread whose reactor the socket is registered with.
     owner: u64,
-    /// `coarse_ms()` when it went idle.
+    /// `clock::monotonic_ms()` when it went idle.
     idle_since_ms: u64,
 }
 
@@ -528,7 +516,7 @@ async fn connect(
             tls: target.tls,
             hash,
             owner: thread_token(),
-            idle_since_ms: coarse_ms(),
+            idle_since_ms: crate::clock::monotonic_ms(),
         }))
     };
     match tokio::time::timeout(connect_timeout, fut).await {

@@ -112,7 +112,7 @@ pub struct Exchange {
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id<B>(req: &http::Request<B>) -> Option<String> {
-    let v = req.headers().get("traceparent")?.to_str().ok()?;
+    let v = req.headers().get(&super::TRACEPARENT)?.to_str().ok()?;
     trace::parse_traceparent(v).map(|(t, _, _)| trace::hex(&t))
 }
 
