@@ -62,6 +62,8 @@ log = logging.getLogger("pygateway.admin")
 PREFIX = "/apisix/admin"
 MAX_BODY = 1 << 20  # 1 MiB, as the gateway's own request-body cap
 PAGE_SIZE_MIN, PAGE_SIZE_MAX = 10, 500
+# Far beyond any collection, and small enough that the row offset fits SQLite's 64-bit integers.
+PAGE_MAX = 1_000_000_000
 
 COLLECTIONS: tuple[str, ...] = (
     "routes", "services", "upstreams", "consumers", "consumer_groups", "ssls", "global_rules",
@@ -378,7 +380,7 @@ class AdminApp:
         paged = "page" in args or "page_size" in args
         if paged and not {"name", "label", "uri"} & args.keys():
             # No filter: let the store page (SQLite does it in SQL; 10 000 routes stay fast).
-            page = _int_arg(args, "page", 1, 1, None)
+            page = _int_arg(args, "page", 1, 1, PAGE_MAX)
             size = _int_arg(args, "page_size", PAGE_SIZE_MIN, PAGE_SIZE_MIN, PAGE_SIZE_MAX)
             items, total = self.store.page(t.prefix, (page - 1) * size, size)
             return {"list": [self._item(t, i) for i in items], "total": total}
@@ -394,7 +396,7 @@ class AdminApp:
             items = [i for i in items if _matches_uri(i.value, args["uri"])]
         total = len(items)
         if "page" in args or "page_size" in args:
-            page = _int_arg(args, "page", 1, 1, None)
+            page = _int_arg(args, "page", 1, 1, PAGE_MAX)
             size = _int_arg(args, "page_size", PAGE_SIZE_MIN, PAGE_SIZE_MIN, PAGE_SIZE_MAX)
             items = items[(page - 1) * size : page * size]
         return {"list": [self._item(t, i) for i in items], "total": total}

@@ -120,7 +120,7 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _LIST_PARAMS = [
-    _query("page", {"type": "integer", "minimum": 1}, "page number, from 1"),
+    _query("page", {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}, "page number, from 1"),
     _query("page_size", {"type": "integer", "minimum": 10, "maximum": 500}, "items per page"),
     _query("name", {"type": "string"}, "only objects whose name contains this"),
     _query("label", {"type": "string"}, "only objects with this label (`key:value` or `key`)"),
