@@ -77,6 +77,9 @@ pub struct UpstreamRequest<'a> {
     /// complete (Host included, hop-by-hop already removed); written as given, except the framing
     /// headers (Content-Length / Transfer-Encoding), which are written to match `body`.
     pub headers: &'a HeaderMap,
+    /// Written after `headers`, replacing any of the same names there (the proxy's Host and
+    /// X-Forwarded-*: cheaper than inserting them into the map). Values must be valid header values.
+    pub extra: &'a [(&'a HeaderName, &'a [u8])],
     pub body: ReqBody,
 }
 
@@ -588,6 +591,7 @@ fn encode_head(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    extra: &[(&HeaderName, &[u8])],
     framing: ReqFraming,
 ) -> bool {
     buf.clear();
@@ -604,6 +608,9 @@ fn encode_head(
     let mut had_cl = false;
     for (name, value) in headers {
         let v = value.as_bytes();
+        if extra.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
         if *name == header::CONTENT_LENGTH {
             had_cl = true;
             if !keep_given_cl {
@@ -617,6 +624,12 @@ fn encode_head(
         let n = name.as_str().as_bytes();
         buf.reserve(n.len() + v.len() + 4);
         buf.extend_from_slice(n);
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(v);
+        buf.extend_from_slice(b"\r\n");
+    }
+    for (n, v) in extra {
+        buf.extend_from_slice(n.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(v);
         buf.extend_from_slice(b"\r\n");
@@ -1046,6 +1059,7 @@ pub async fn send(
         method,
         path_and_query,
         headers,
+        extra,
         mut body,
     } = req;
     let hash = key_hash(target.host, target.port, target.tls);
@@ -1056,6 +1070,7 @@ pub async fn send(
             method,
             path_and_query,
             headers,
+            extra,
             &mut body,
             head_request,
             read_timeout,
@@ -1076,6 +1091,7 @@ pub async fn send(
         method,
         path_and_query,
         headers,
+        extra,
         &mut body,
         head_request,
         read_timeout,
@@ -1094,6 +1110,7 @@ async fn exchange(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
+    extra: &[(&HeaderName, &[u8])],
     body: &mut ReqBody,
     head_request: bool,
     read_timeout: Duration,
@@ -1122,7 +1139,7 @@ async fn exchange(
             }
         }
     };
-    let close = encode_head(&mut conn.wbuf, method, path, headers, framing);
+    let close = encode_head(&mut conn.wbuf, method, path, headers, extra, framing);
     let head = match simple {
         Some(bytes) => {
             let fut = async {
@@ -1635,6 +1652,7 @@ mod tests {
                 method,
                 path_and_query: path,
                 headers: &h,
+                extra: &[],
                 body,
             },
             T,
@@ -1725,6 +1743,32 @@ mod tests {
             assert_eq!(body_of(r).await.unwrap(), b"hello world!!!!!!");
         }
         assert_eq!(up.conns(), 1);
+    }
+
+    #[test]
+    fn extra_headers_replace_the_maps() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("client.example"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-other", HeaderValue::from_static("kept"));
+        let xff = HeaderName::from_static("x-forwarded-for");
+        let extra: [(&HeaderName, &[u8]); 2] =
+            [(&header::HOST, b"node:8080"), (&xff, b"1.1.1.1, 10.0.0.9")];
+        let mut buf = Vec::new();
+        encode_head(&mut buf, &Method::GET, "/a", &h, &extra, ReqFraming::None);
+        let text = String::from_utf8(buf).unwrap();
+        let mut lines: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(lines.remove(0), "GET /a HTTP/1.1");
+        lines.retain(|l| !l.is_empty());
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "host: node:8080",
+                "x-forwarded-for: 1.1.1.1, 10.0.0.9",
+                "x-other: kept"
+            ]
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -1940,6 +1984,7 @@ mod tests {
                 method: &Method::GET,
                 path_and_query: "/",
                 headers: &h,
+                extra: &[],
                 body: ReqBody::Empty,
             };
             assert_eq!(
@@ -2123,6 +2168,7 @@ mod tests {
             method: &Method::GET,
             path_and_query: "/",
             headers: &h,
+            extra: &[],
             body: ReqBody::Empty,
         };
         let start = std::time::Instant::now();
@@ -2150,6 +2196,7 @@ mod tests {
                 method: &Method::GET,
                 path_and_query: "/",
                 headers: &h,
+                extra: &[],
                 body: ReqBody::Empty,
             };
             let start = std::time::Instant::now();
@@ -2187,6 +2234,7 @@ mod tests {
                     method: m,
                     path_and_query: "/a/b?x=1",
                     headers: &h,
+                    extra: &[],
                     body,
                 };
                 body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
@@ -2201,6 +2249,7 @@ mod tests {
             method: &Method::GET,
             path_and_query: "",
             headers: &h2,
+            extra: &[],
             body: ReqBody::Full(Bytes::new()),
         };
         body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
@@ -2262,6 +2311,7 @@ mod tests {
                                     .path_and_query()
                                     .map_or("/", |p| p.as_str()),
                                 headers: &h,
+                                extra: &[],
                                 body: ReqBody::Stream(body),
                             };
                             match send(&t, rq, T, T).await {
@@ -2405,6 +2455,7 @@ JUnMMlmUK4su0rnMo6OJMjMT3ywfOouG8yQn+V4MN4jK3biVMiWvvKFF
                 method: &Method::GET,
                 path_and_query: "/",
                 headers: &h,
+                extra: &[],
                 body: ReqBody::Empty,
             },
             T,
