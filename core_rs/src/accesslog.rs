@@ -317,6 +317,13 @@ fn put_secs(out: &mut Vec<u8>, us: u64) {
     ]);
 }
 
+/// `ip` as a `String` (see `put_ip`).
+pub fn ip_string(ip: std::net::IpAddr) -> String {
+    let mut b = Vec::with_capacity(39);
+    put_ip(&mut b, ip);
+    String::from_utf8(b).unwrap_or_default()
+}
+
 /// `ip` as text; IPv4 by hand (`Display` costs ~1.3k instructions, and X-Forwarded-For needs it
 /// on every proxied request).
 pub fn put_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {

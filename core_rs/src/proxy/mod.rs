@@ -135,7 +135,9 @@ fn host_of(req: &Request<Incoming>) -> String {
 fn limit_key<'a>(k: &LimitKey, vars: &'a ReqVars<'a>) -> Option<std::borrow::Cow<'a, str>> {
     use crate::router::VarSource;
     match k {
-        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(vars.remote.to_string())),
+        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(crate::accesslog::ip_string(
+            vars.remote,
+        ))),
         LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
         LimitKey::Header(h) => vars
             .headers
