@@ -301,7 +301,7 @@ fn protocol(v: Version) -> &'static str {
 }
 
 /// Decimal digits of `v`, without allocating.
-fn put_u64(out: &mut Vec<u8>, v: u64) {
+pub fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 

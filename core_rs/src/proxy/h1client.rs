@@ -532,20 +532,6 @@ async fn connect(
 // Request writing
 // ---------------------------------------------------------------------------------------------
 
-fn push_dec(buf: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&tmp[i..]);
-}
-
 /// "<hex>\r\n" into `out`, returning the used length.
 fn chunk_header(out: &mut [u8; 18], n: usize) -> usize {
     let mut tmp = [0u8; 16];
@@ -647,7 +633,7 @@ fn encode_head(
         ReqFraming::GivenLength(_) => {}
         ReqFraming::Length(n) => {
             buf.extend_from_slice(b"content-length: ");
-            push_dec(buf, n);
+            crate::accesslog::put_u64(buf, n);
             buf.extend_from_slice(b"\r\n");
         }
         ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),

@@ -67,33 +67,26 @@ fn short(resp: ShortResponse) -> Response<GwBody> {
     r
 }
 
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Remove hop-by-hop headers, including any the `Connection` header names.
+/// Remove hop-by-hop headers (`h1client::is_hop_by_hop`), including any the `Connection` header
+/// names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names first: most requests and responses carry none of them.
-    if !h.keys().any(h1client::is_hop_by_hop) {
+    // One pass over the names first: most requests carry none of them.
+    let mut hop: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| h1client::is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    if hop.is_empty() {
         return;
     }
     if let Some(conn) = h.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = conn
-            .as_bytes()
-            .split(|&b| b == b',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
+        hop.extend(
+            conn.as_bytes()
+                .split(|&b| b == b',')
+                .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()),
+        );
     }
-    for n in HOP_BY_HOP.iter() {
+    for n in hop {
         h.remove(n);
     }
 }
