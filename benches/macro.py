@@ -573,6 +573,10 @@ class Bench:
                 "1",
                 "--drain-timeout",
                 "2",
+                # Like the nginx under test (keepalive_requests 1000000): a client connection is not
+                # closed every 1000 requests (our default, as nginx's), so both do the same work.
+                "--keepalive-requests",
+                "1000000",
             ]
             extra = [a.format(d=d, metrics_port=free_port()) for a in sc.gw_args]
             # Metrics and access log are off unless the scenario measures them.

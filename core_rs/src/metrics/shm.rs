@@ -96,7 +96,10 @@ impl MetricsShm {
         }
         let slabs = m.word(16).load(Ordering::Relaxed) as usize;
         let slab_bytes = m.word(24).load(Ordering::Relaxed) as usize;
-        if slab_bytes < ENTRIES_AT || HEADER + slabs * slab_bytes > flen || slab_bytes % 8 != 0 {
+        if slab_bytes < ENTRIES_AT
+            || HEADER + slabs * slab_bytes > flen
+            || !slab_bytes.is_multiple_of(8)
+        {
             return Err(invalid("metrics file: size does not match its header"));
         }
         m.slabs = slabs;
@@ -110,7 +113,7 @@ impl MetricsShm {
 
     /// The 8-byte word at byte offset `off` of the mapping.
     fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off % 8 == 0);
+        debug_assert!(off.is_multiple_of(8));
         // SAFETY: callers keep `off` inside the mapping and 8-aligned (the base is page aligned).
         unsafe { &*(self.base.add(off) as *const AtomicU64) }
     }

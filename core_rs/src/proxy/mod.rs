@@ -213,7 +213,7 @@ pub async fn handle(
         ex.metrics = table.metrics_unmatched;
         ex.observed = ex.metrics || table.unmatched_loggers.is_some() || shared.obs.log.is_some();
         if ex.observed {
-            ex.ingress = observe::head_len(&req);
+            ex.begin(&req);
         }
         if let Some(l) = &table.unmatched_loggers {
             capture_for_loggers(ex, l, &req, peer);
@@ -231,7 +231,7 @@ pub async fn handle(
     ex.metrics = route.obs.metrics;
     ex.observed = route.obs.metrics || shared.obs.log.is_some() || route.loggers.is_some();
     if ex.observed {
-        ex.ingress = observe::head_len(&req);
+        ex.begin(&req);
     }
     if let Some(l) = &route.loggers {
         capture_for_loggers(ex, l, &req, SocketAddr::new(remote, client_port));
@@ -245,6 +245,7 @@ pub async fn handle(
         ex.trace_id = Some(trace::hex(&t.trace));
         if t.sampled {
             ex.span_target = Some((req.method().clone(), req.uri().to_string()));
+            ex.started.get_or_insert_with(std::time::Instant::now);
         }
         ex.trace = Some(t);
     }

@@ -108,6 +108,16 @@ pub struct Exchange {
     pub client_ip: Option<std::net::IpAddr>,
     /// Captured on routes with `file-logger` / `http-logger`.
     pub logs: Option<Box<LogCapture>>,
+    /// When the request began, for its latency: read only for requests that are observed.
+    pub started: Option<Instant>,
+}
+
+impl Exchange {
+    /// Metrics or a log will record this request: note its head size and start time.
+    pub fn begin<B>(&mut self, req: &http::Request<B>) {
+        self.ingress = head_len(req);
+        self.started.get_or_insert_with(Instant::now);
+    }
 }
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
@@ -151,7 +161,6 @@ pub fn meter(
     obs: &Rc<Observer>,
     resp: Response<GwBody>,
     ex: Exchange,
-    started: Instant,
     capture: Option<Box<Capture>>,
 ) -> Response<GwBody> {
     record_health(obs, &ex);
@@ -168,8 +177,8 @@ pub fn meter(
     let meter = Meter {
         obs: obs.clone(),
         ingress: ex.ingress,
+        started: ex.started.unwrap_or_else(Instant::now),
         ex,
-        started,
         status,
         head,
         body_bytes: 0,
