@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, NoReturn
@@ -46,6 +47,16 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < 1e9:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pygateway", description="API gateway: Rust data plane, Python plugins.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -57,7 +68,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
     run.add_argument("--plugin-dir", action="append", help="extra directory of plugin .py files")
     run.add_argument("--drain-timeout", type=float, help="seconds SIGTERM waits for requests (default 30)")
-    run.add_argument("--header-timeout", type=float, help="seconds to receive a request head, 408 (default 10)")
+    run.add_argument("--header-timeout", type=_seconds, help="seconds to receive a request head, 408 (default 10)")
+    run.add_argument(
+        "--keepalive-timeout", type=_seconds, help="seconds an idle keep-alive connection stays open (default 60)"
+    )
     run.add_argument("--keepalive-requests", type=_positive, help="requests per connection (default 1000)")
     run.add_argument("--max-connections", type=_positive, help="open connections per worker (default 10000)")
     run.add_argument("--max-connections-per-ip", type=_positive, help="per client address, per worker (default 1000)")
@@ -98,6 +112,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "plugin_dir": [],
     "drain_timeout": 30.0,
     "header_timeout": 10.0,
+    "keepalive_timeout": 60.0,
     "keepalive_requests": 1000,
     "max_connections": 10_000,
     "max_connections_per_ip": 1000,
@@ -215,7 +230,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings(
         host, port, args.workers, args.config, list(args.plugin_dir), drain_timeout=args.drain_timeout,
-        header_timeout=args.header_timeout, keepalive_requests=args.keepalive_requests,
+        header_timeout=args.header_timeout, keepalive_timeout=args.keepalive_timeout,
+        keepalive_requests=args.keepalive_requests,
         max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip, store=store,
         data_dir=args.data_dir, etcd_endpoints=[e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
         etcd_prefix=args.etcd_prefix, admin_listen=None if args.no_admin else args.admin_listen,

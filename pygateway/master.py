@@ -80,6 +80,7 @@ class Settings:
     allow_admin: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     drain_timeout: float = 30.0
     header_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
     keepalive_requests: int = 1000
     max_connections: int = 10_000
     max_connections_per_ip: int = 1000
@@ -253,6 +254,7 @@ class Master:
             *WORKER_BOOT,
             "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
             "--drain-timeout", str(self.s.drain_timeout), "--header-timeout", str(self.s.header_timeout),
+            "--keepalive-timeout", str(self.s.keepalive_timeout),
             "--keepalive-requests", str(self.s.keepalive_requests), "--max-connections", str(self.s.max_connections),
             "--max-connections-per-ip", str(self.s.max_connections_per_ip),
         ]  # fmt: skip

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plugin-dir", action="append", default=[])
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("--header-timeout", type=float, default=10.0)
+    p.add_argument("--keepalive-timeout", type=float, default=60.0)
     p.add_argument("--keepalive-requests", type=int, default=1000)
     p.add_argument("--max-connections", type=int, default=10_000)
     p.add_argument("--max-connections-per-ip", type=int, default=1000)
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             shm_path=args.shm,
             drain_timeout=args.drain_timeout,
             header_timeout=args.header_timeout,
+            keepalive_timeout=args.keepalive_timeout,
             keepalive_requests=args.keepalive_requests,
             max_connections=args.max_connections,
             max_connections_per_ip=args.max_connections_per_ip,

@@ -504,7 +504,17 @@ def test_version() -> None:
     assert re.fullmatch(r"pygateway \d+\.\d+\.\d+\S*\n", r.stdout), r.stdout
 
 
-@pytest.mark.parametrize("argv", [["run", "--bogus"], ["run", "--workers", "0"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--bogus"],
+        ["run", "--workers", "0"],
+        ["run", "--keepalive-timeout", "0"],
+        ["run", "--header-timeout", "-1"],
+        ["run", "--keepalive-timeout", "nan"],
+        ["frobnicate"],
+    ],
+)
 def test_wrong_flag_is_one_line_exit_2(argv: list[str]) -> None:
     r = pygateway(*argv)
     assert r.returncode == 2
@@ -543,3 +553,45 @@ def test_without_config_serves_404_and_prints_how_to_add_routes(gateway) -> None
         assert st == 404, path
         assert headers["content-type"].startswith("application/json")
         assert json.loads(body) == {"error_msg": "404 Route Not Found"}
+
+
+def test_keepalive_timeout_closes_idle_connections_only(upstream, gateway) -> None:
+    """`--keepalive-timeout`: an idle keep-alive connection is closed after it (within 1.25x); one with
+    a request in flight longer than the timeout, or one in use, is not."""
+    up = upstream()
+    gw = gateway({"routes": [route("r", "/*", up)]}, args=["--keepalive-timeout", "1"])
+
+    def get(c: http.client.HTTPConnection, path: str) -> int:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        return r.status
+
+    def closed_after(c: http.client.HTTPConnection) -> float:
+        """Seconds until the gateway closes the connection (its socket reads EOF)."""
+        assert c.sock is not None, "the connection was kept alive"
+        start = time.monotonic()
+        c.sock.settimeout(5)
+        try:
+            assert c.sock.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        return time.monotonic() - start
+
+    idle, busy, slow = (http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10) for _ in range(3))
+    try:
+        assert get(idle, "/a") == 200
+        took = closed_after(idle)
+        assert 0.9 <= took <= 1.25 + 0.4, took
+        # A request in flight for 2.5 s (2.5x the timeout) is answered on its connection.
+        assert get(slow, "/delay/2500") == 200
+        # A connection used every 0.4 s for 2.8 s stays open, then idles out.
+        for _ in range(7):
+            assert get(busy, "/b") == 200
+            time.sleep(0.4)
+        assert get(busy, "/b") == 200
+        took = closed_after(busy)
+        assert 0.9 <= took <= 1.25 + 0.4, took
+    finally:
+        for c in (idle, busy, slow):
+            c.close()

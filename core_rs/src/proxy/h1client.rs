@@ -941,8 +941,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
         if is_hop_by_hop(&name) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(head.slice(vo..vo + vl))
-            .map_err(|_| "invalid response header value")?;
+        // SAFETY: httparse admits exactly the bytes a HeaderValue may hold (HTAB, 0x20-0x7E,
+        // 0x80-0xFF), so the second validation pass is skipped, as hyper's own parser does.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vo..vo + vl)) };
         headers.append(name, value);
     }
     for n in &conn_named {

@@ -79,7 +79,7 @@ pub struct Worker {
 #[pymethods]
 impl Worker {
     #[new]
-    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000, metrics_path=None, worker_id=0, access_log=None, access_log_format="json"))]
+    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000, metrics_path=None, worker_id=0, access_log=None, access_log_format="json", keepalive_timeout=60.0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         shm_path: Option<&str>,
@@ -92,7 +92,18 @@ impl Worker {
         worker_id: usize,
         access_log: Option<&str>,
         access_log_format: &str,
+        keepalive_timeout: f64,
     ) -> PyResult<Worker> {
+        let seconds = |name: &str, v: f64| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!("{name}: expected seconds > 0, got {v}"))
+                })
+        };
+        let header_timeout = seconds("header_timeout", header_timeout)?;
+        let keepalive_idle = seconds("keepalive_timeout", keepalive_timeout)?;
         let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
         let spans = observer.spans.clone();
         let http_logs = observer.loggers.http.clone();
@@ -108,7 +119,8 @@ impl Worker {
             limits: Limits {
                 max_connections,
                 max_connections_per_ip,
-                header_timeout: Duration::from_secs_f64(header_timeout),
+                header_timeout,
+                keepalive_idle,
                 keepalive_requests,
                 drain_timeout: Duration::from_secs_f64(drain_timeout),
                 ..Limits::default()

@@ -4,12 +4,13 @@
 //! every wake-up (~900 instructions per proxied request). Here a connection registers its task's
 //! waker once and checks a flag; `start` wakes them all.
 
+use super::idle::IdleTimer;
 use hyper_util::server::graceful::GracefulConnection;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::Waker;
+use std::task::{Poll, Waker};
 use tokio::sync::Notify;
 
 #[derive(Clone, Default)]
@@ -54,12 +55,13 @@ impl Drain {
         Admitted(inner.clone(), id)
     }
 
-    /// Serve `conn` to its end; once `start` is called it finishes the request in flight and
-    /// closes.
+    /// Serve `conn` to its end, or until `idle` says it idled out (then it is dropped: closed);
+    /// once `start` is called it finishes the request in flight and closes.
     pub async fn serve<C: GracefulConnection>(
         &self,
         admitted: Admitted,
         conn: C,
+        mut idle: IdleTimer,
     ) -> Result<(), C::Error> {
         let (inner, id) = (&self.0, admitted.1);
         let mut conn = std::pin::pin!(conn);
@@ -74,6 +76,9 @@ impl Drain {
                     inner.wakers.borrow_mut().insert(id, cx.waker().clone());
                     registered = true;
                 }
+            }
+            if idle.poll_idle(cx).is_ready() {
+                return Poll::Ready(Ok(()));
             }
             conn.as_mut().poll(cx)
         })

@@ -16,9 +16,11 @@
 //! connection, and never dispatches the bad request: the upstream never sees it. If the offending
 //! byte is in a chunked body whose head is still undelivered, the cut moves back into that head.
 //! HTTP/2 prior-knowledge connections (the 24-byte preface) are not scanned.
+use super::idle::Activity;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -591,6 +593,8 @@ pub struct EdgeIo<S> {
     timed_out: Option<usize>,
     /// Bytes still to discard after our FIN (lingering close), once shutdown started.
     linger: Option<usize>,
+    /// Reads and writes count as activity for the keep-alive idle timeout.
+    act: Rc<Activity>,
 }
 
 /// After sending FIN, read and discard what the client still sends (up to this much, for up to
@@ -601,7 +605,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 const LINGER_TIME: Duration = Duration::from_secs(2);
 
 impl<S> EdgeIo<S> {
-    pub fn new(inner: S, limits: HeadLimits) -> EdgeIo<S> {
+    pub fn new(inner: S, limits: HeadLimits, act: Rc<Activity>) -> EdgeIo<S> {
         EdgeIo {
             inner,
             scan: Scanner::new(limits.max_line, limits.max_head),
@@ -613,6 +617,7 @@ impl<S> EdgeIo<S> {
             sleep: None,
             timed_out: None,
             linger: None,
+            act,
         }
     }
 
@@ -686,6 +691,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<S> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {
+                this.act.moved();
                 if this.scan.is_off() {
                     return Poll::Ready(Ok(()));
                 }
@@ -752,7 +758,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            this.act.moved();
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -760,7 +771,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for EdgeIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.act.moved();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

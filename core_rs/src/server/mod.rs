@@ -2,6 +2,7 @@
 //! with the edge limits of DESIGN §7 and a graceful drain.
 mod drain;
 pub mod edge;
+mod idle;
 
 use crate::accesslog::Capture;
 use crate::metrics::shm::{G_INFLIGHT, G_REQUESTS};
@@ -86,10 +87,9 @@ fn builder(limits: &Limits) -> auto::Builder<LocalExec> {
     let mut b = auto::Builder::new(LocalExec);
     b.http1()
         .timer(TokioTimer::new())
-        // hyper's timer runs from the moment it waits for a head, idle time included, and closes
-        // without a response: it is the keep-alive idle timeout here. The slowloris timeout
-        // (from the first byte of a head, answered with 408) is `edge::EdgeIo`'s.
-        .header_read_timeout(limits.keepalive_idle.max(limits.header_timeout))
+        // Off: the keep-alive idle timeout is `idle::IdleTimer`, the slow-head one (408 from the
+        // first byte of a head) `edge::EdgeIo`'s.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .max_headers(limits.max_headers)
         .keep_alive(true);
@@ -126,6 +126,7 @@ pub async fn serve(
         timeout: limits.header_timeout,
     };
     let drain_set = drain::Drain::default();
+    let keepalive_idle = limits.keepalive_idle;
     // Open connections per client address (this worker's share; each worker enforces the cap).
     let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
@@ -160,10 +161,14 @@ pub async fn serve(
                 let shared = shared.clone();
                 let served = Rc::new(Cell::new(0u64));
                 let max_req = limits.keepalive_requests;
+                let act = Rc::new(idle::Activity::default());
+                let conn_act = act.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
                     let served = served.clone();
+                    let in_flight = act.request();
                     async move {
+                        let _in_flight = in_flight;
                         served.set(served.get() + 1);
                         let close = served.get() >= max_req;
                         let obs = shared.obs.clone();
@@ -185,11 +190,11 @@ pub async fn serve(
                         Ok::<_, Infallible>(observe::meter(&obs, resp, ex, capture))
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits)), svc).into_owned();
+                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits, conn_act.clone())), svc).into_owned();
                 let drain_set = drain_set.clone();
                 let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
-                    let _ = drain_set.serve(admitted, conn).await;
+                    let _ = drain_set.serve(admitted, conn, idle::IdleTimer::new(conn_act, keepalive_idle)).await;
                     conn_obs.conn_closed();
                     let mut m = per_ip.borrow_mut();
                     if let Some(n) = m.get_mut(&ip) {
