@@ -2,7 +2,7 @@
 //! bodies, streams that pass through a Python `body_filter`, and gzip-compressed streams.
 use crate::proxy::h1client::UpstreamBody;
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -13,23 +13,32 @@ pub trait ChunkFilter: Send {
     fn filter(&mut self, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError>;
 }
 
+/// Every variant is one pointer, so a `Response<GwBody>` (moved many times between the service
+/// and hyper's encoder) is 128 bytes: moved inline rather than by a `memcpy` call.
 pub enum GwBody {
     /// A body made by the gateway (errors, plugin responses): sent in one frame.
-    Full(Option<Bytes>),
-    Stream(Incoming),
+    Full(Option<Box<Bytes>>),
     /// A response body streamed from an upstream connection (returns it to the pool at its end).
     Upstream(UpstreamBody),
-    Filtered {
-        inner: Box<GwBody>,
-        filter: Box<dyn ChunkFilter + Send>,
-        done: bool,
-    },
+    /// Passed through a Python `body_filter` chain as it streams.
+    Filtered(Box<Filtered>),
     /// Runs a hook once the body is finished or dropped (the `log` phase: after the response is sent).
-    Hooked(Box<GwBody>, DropHook),
+    Hooked(Box<(GwBody, DropHook)>),
     /// Counts the bytes sent; its meter records metrics and the access log line when dropped.
     Metered(Box<(GwBody, crate::proxy::observe::Meter)>),
     /// Compressed as it streams (the `gzip` plugin).
     Gzip(Box<crate::proxy::gzip::GzipBody>),
+}
+
+const _: () = assert!(
+    std::mem::size_of::<GwBody>() <= 16,
+    "keep GwBody one pointer wide"
+);
+
+pub struct Filtered {
+    pub inner: GwBody,
+    pub filter: Box<dyn ChunkFilter + Send>,
+    pub done: bool,
 }
 
 pub struct DropHook(pub Option<Box<dyn FnOnce() + Send>>);
@@ -45,7 +54,11 @@ impl Drop for DropHook {
 impl GwBody {
     pub fn full(b: impl Into<Bytes>) -> GwBody {
         let b: Bytes = b.into();
-        GwBody::Full(if b.is_empty() { None } else { Some(b) })
+        GwBody::Full(if b.is_empty() {
+            None
+        } else {
+            Some(Box::new(b))
+        })
     }
     pub fn empty() -> GwBody {
         GwBody::Full(None)
@@ -61,10 +74,9 @@ impl Body for GwBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            GwBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            GwBody::Stream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            GwBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(*b)))),
             GwBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            GwBody::Hooked(b, _) => Pin::new(b.as_mut()).poll_frame(cx),
+            GwBody::Hooked(b) => Pin::new(&mut b.0).poll_frame(cx),
             GwBody::Gzip(g) => g.poll_frame(cx),
             GwBody::Metered(m) => {
                 let (inner, meter) = &mut **m;
@@ -76,15 +88,16 @@ impl Body for GwBody {
                 }
                 polled
             }
-            GwBody::Filtered {
-                inner,
-                filter,
-                done,
-            } => {
+            GwBody::Filtered(f) => {
+                let Filtered {
+                    inner,
+                    filter,
+                    done,
+                } = &mut **f;
                 if *done {
                     return Poll::Ready(None);
                 }
-                match Pin::new(inner.as_mut()).poll_frame(cx) {
+                match Pin::new(inner).poll_frame(cx) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                         Ok(data) => {
@@ -112,10 +125,9 @@ impl Body for GwBody {
     fn is_end_stream(&self) -> bool {
         match self {
             GwBody::Full(b) => b.is_none(),
-            GwBody::Stream(b) => b.is_end_stream(),
             GwBody::Upstream(b) => b.is_end_stream(),
-            GwBody::Filtered { done, .. } => *done,
-            GwBody::Hooked(b, _) => b.is_end_stream(),
+            GwBody::Filtered(f) => f.done,
+            GwBody::Hooked(b) => b.0.is_end_stream(),
             GwBody::Metered(m) => m.0.is_end_stream(),
             GwBody::Gzip(g) => g.is_end_stream(),
         }
@@ -124,11 +136,10 @@ impl Body for GwBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             GwBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            GwBody::Stream(b) => b.size_hint(),
             GwBody::Upstream(b) => b.size_hint(),
             // A filter may change the length: no exact hint.
-            GwBody::Filtered { .. } => SizeHint::default(),
-            GwBody::Hooked(b, _) => b.size_hint(),
+            GwBody::Filtered(_) => SizeHint::default(),
+            GwBody::Hooked(b) => b.0.size_hint(),
             GwBody::Metered(m) => m.0.size_hint(),
             GwBody::Gzip(g) => g.size_hint(),
         }

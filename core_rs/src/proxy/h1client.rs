@@ -399,6 +399,10 @@ struct Conn {
     idle_since_ms: u64,
     /// The response timer, kept across requests (see `within`).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Where the response body being read stands (while an `UpstreamBody` holds the connection).
+    body: BodyState,
+    /// The connection may go back to the pool once that body is read to its end.
+    reusable: bool,
 }
 
 impl Conn {
@@ -523,6 +527,8 @@ async fn connect(
             owner: thread_token(),
             idle_since_ms: crate::clock::monotonic_ms(),
             timer: None,
+            body: BodyState::Done,
+            reusable: false,
         }))
     };
     match tokio::time::timeout(connect_timeout, fut).await {
@@ -1204,29 +1210,27 @@ async fn within<F: Future>(
     .await
 }
 
-fn into_response(conn: Box<Conn>, head: Head, req_close: bool) -> Response<UpstreamBody> {
-    let state = match head.framing {
+fn into_response(mut conn: Box<Conn>, head: Head, req_close: bool) -> Response<UpstreamBody> {
+    conn.body = match head.framing {
         RespFraming::Empty => BodyState::Done,
         RespFraming::Length(0) => BodyState::Done,
         RespFraming::Length(n) => BodyState::Length(n),
         RespFraming::Chunked => BodyState::Chunked(ChunkDecoder::default()),
         RespFraming::Eof => BodyState::Eof,
     };
-    let mut body = UpstreamBody {
-        conn: Some(conn),
-        state,
-        reusable: head.keep_alive && !req_close,
-    };
-    if body.state == BodyState::Done {
-        body.finish();
-    } else if let BodyState::Chunked(dec) = &mut body.state {
+    conn.reusable = head.keep_alive && !req_close;
+    let c = &mut *conn;
+    let done = match &mut c.body {
+        BodyState::Done => true,
         // A chunked body that is already complete in the buffer ("0\r\n\r\n").
-        if let Some(c) = &mut body.conn {
-            if dec.skip_framing(&mut c.rbuf).is_ok() && dec.state == ChunkState::Done {
-                body.state = BodyState::Done;
-                body.finish();
-            }
+        BodyState::Chunked(dec) => {
+            dec.skip_framing(&mut c.rbuf).is_ok() && dec.state == ChunkState::Done
         }
+        _ => false,
+    };
+    let mut body = UpstreamBody { conn: Some(conn) };
+    if done {
+        body.finish();
     }
     let mut resp = Response::new(body);
     *resp.status_mut() = head.status;
@@ -1394,11 +1398,11 @@ enum BodyState {
 
 /// The streaming response body. Reads straight from the upstream connection; when the end is
 /// reached and the connection is reusable, it goes back into the (current thread's) pool.
-/// Dropping it before the end closes the connection.
+/// Dropping it before the end closes the connection. One pointer: the body's state is the
+/// connection's (a response is moved many times on its way out; a small one moves cheaply).
 pub struct UpstreamBody {
+    /// None once the body ended.
     conn: Option<Box<Conn>>,
-    state: BodyState,
-    reusable: bool,
 }
 
 fn body_error(msg: &'static str) -> BoxError {
@@ -1408,17 +1412,19 @@ fn body_error(msg: &'static str) -> BoxError {
 impl UpstreamBody {
     /// The end was reached: pool or close the connection.
     fn finish(&mut self) {
-        self.state = BodyState::Done;
         if let Some(conn) = self.conn.take() {
-            if self.reusable {
+            if conn.reusable {
                 checkin(conn);
             }
         }
     }
 
     fn fail(&mut self) {
-        self.state = BodyState::Done;
         self.conn = None;
+    }
+
+    fn state(&self) -> BodyState {
+        self.conn.as_ref().map_or(BodyState::Done, |c| c.body)
     }
 }
 
@@ -1432,10 +1438,10 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         loop {
-            let Some(conn) = this.conn.as_mut() else {
+            let Some(conn) = this.conn.as_deref_mut() else {
                 return Poll::Ready(None);
             };
-            match &mut this.state {
+            match &mut conn.body {
                 BodyState::Done => {
                     this.conn = None;
                     return Poll::Ready(None);
@@ -1479,7 +1485,7 @@ impl Body for UpstreamBody {
             // Need more bytes from the socket.
             match ready!(poll_read_buf(&mut conn.io, cx, &mut conn.rbuf)) {
                 Ok(0) => {
-                    if this.state == BodyState::Eof {
+                    if conn.body == BodyState::Eof {
                         this.fail(); // read-until-close: this is the end; not reusable
                         return Poll::Ready(None);
                     }
@@ -1499,11 +1505,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
+        self.state() == BodyState::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
+        match self.state() {
             BodyState::Done => SizeHint::with_exact(0),
             BodyState::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
@@ -1514,7 +1520,7 @@ impl Body for UpstreamBody {
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("state", &self.state)
+            .field("state", &self.state())
             .finish()
     }
 }

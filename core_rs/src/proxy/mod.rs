@@ -555,16 +555,16 @@ fn finish_with_chain(
             preq: preq.clone(),
         };
         body = match body {
-            inner @ (GwBody::Stream(_) | GwBody::Upstream(_)) => {
+            inner @ GwBody::Upstream(_) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
-                GwBody::Filtered {
-                    inner: Box::new(inner),
+                GwBody::Filtered(Box::new(body::Filtered {
+                    inner,
                     filter: Box::new(filter),
                     done: false,
-                }
+                }))
             }
             // A gateway-made body is one chunk: filter it now, as its last.
-            GwBody::Full(b) => match filter.filter(b.unwrap_or_default(), true) {
+            GwBody::Full(b) => match filter.filter(b.map(|b| *b).unwrap_or_default(), true) {
                 Ok(out) => {
                     parts
                         .headers
@@ -579,10 +579,10 @@ fn finish_with_chain(
     if chain.has(host::LOG) {
         let chain = chain.clone();
         let preq = preq.clone();
-        body = GwBody::Hooked(
-            Box::new(body),
+        body = GwBody::Hooked(Box::new((
+            body,
             DropHook(Some(Box::new(move || chain.log(&preq)))),
-        );
+        )));
     }
     Response::from_parts(parts, body)
 }
