@@ -1656,6 +1656,17 @@ mod tests {
         }
     }
 
+    /// `GET /` with these headers and no body.
+    fn get_root(h: &HeaderMap) -> UpstreamRequest<'_> {
+        UpstreamRequest {
+            method: &Method::GET,
+            path_and_query: "/",
+            headers: h,
+            extra: &[],
+            body: ReqBody::Empty,
+        }
+    }
+
     fn host_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("up.example"));
@@ -2003,13 +2014,7 @@ mod tests {
         let mut h = host_headers();
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         for _ in 0..2 {
-            let rq = UpstreamRequest {
-                method: &Method::GET,
-                path_and_query: "/",
-                headers: &h,
-                extra: &[],
-                body: ReqBody::Empty,
-            };
+            let rq = get_root(&h);
             assert_eq!(
                 body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap(),
                 b"b"
@@ -2187,13 +2192,7 @@ mod tests {
     async fn read_timeout() {
         let up = upstream(|_| Act::Hang).await;
         let h = host_headers();
-        let rq = UpstreamRequest {
-            method: &Method::GET,
-            path_and_query: "/",
-            headers: &h,
-            extra: &[],
-            body: ReqBody::Empty,
-        };
+        let rq = get_root(&h);
         let start = std::time::Instant::now();
         let r = send(&up.target(), rq, T, Duration::from_millis(100)).await;
         assert!(matches!(r, Err(UpstreamError::Timeout)), "{r:?}");
@@ -2218,13 +2217,7 @@ mod tests {
             let h = host_headers();
             let target = up.target();
             async move {
-                let rq = UpstreamRequest {
-                    method: &Method::GET,
-                    path_and_query: "/",
-                    headers: &h,
-                    extra: &[],
-                    body: ReqBody::Empty,
-                };
+                let rq = get_root(&h);
                 send(&target, rq, T, read).await
             }
         };
@@ -2263,13 +2256,7 @@ mod tests {
         };
         let h = host_headers();
         for _ in 0..8 {
-            let rq = UpstreamRequest {
-                method: &Method::GET,
-                path_and_query: "/",
-                headers: &h,
-                extra: &[],
-                body: ReqBody::Empty,
-            };
+            let rq = get_root(&h);
             let start = std::time::Instant::now();
             match send(&t, rq, Duration::from_millis(200), Duration::from_millis(1)).await {
                 Err(UpstreamError::ConnectTimeout) => {
@@ -2520,18 +2507,7 @@ JUnMMlmUK4su0rnMo6OJMjMT3ywfOouG8yQn+V4MN4jK3biVMiWvvKFF
             port: 1,
             tls: None,
         };
-        let f = send(
-            &t,
-            UpstreamRequest {
-                method: &Method::GET,
-                path_and_query: "/",
-                headers: &h,
-                extra: &[],
-                body: ReqBody::Empty,
-            },
-            T,
-            T,
-        );
+        let f = send(&t, get_root(&h), T, T);
         is_send(&f);
     }
 
