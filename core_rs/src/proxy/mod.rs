@@ -718,6 +718,7 @@ async fn proxy_to_upstream(
             headers: &out.headers,
             extra,
             body: req_body,
+            batch: route.chain.is_some(),
         };
         let tracked = node_idx.filter(|_| u.balancer.tracks_load());
         let started = tracked.map(|i| {
