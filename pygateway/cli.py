@@ -47,14 +47,23 @@ def _positive(value: str) -> int:
     return int(value)
 
 
-def _seconds(value: str) -> float:
+def _float_seconds(value: str, least: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not 0 < seconds < 1e9:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value!r}")
+    low_ok = seconds >= 0 if least == ">= 0" else seconds > 0
+    if not (low_ok and seconds < 1e9):
+        raise argparse.ArgumentTypeError(f"expected seconds {least}, got {value!r}")
     return seconds
+
+
+def _seconds(value: str) -> float:
+    return _float_seconds(value, "> 0")
+
+
+def _seconds_or_zero(value: str) -> float:
+    return _float_seconds(value, ">= 0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:9080)")
     run.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
     run.add_argument("--plugin-dir", action="append", help="extra directory of plugin .py files")
-    run.add_argument("--drain-timeout", type=float, help="seconds SIGTERM waits for requests (default 30)")
+    run.add_argument("--drain-timeout", type=_seconds_or_zero, help="seconds SIGTERM waits for requests (default 30)")
     run.add_argument("--header-timeout", type=_seconds, help="seconds to receive a request head, 408 (default 10)")
     run.add_argument(
         "--keepalive-timeout", type=_seconds, help="seconds an idle keep-alive connection stays open (default 60)"

@@ -512,6 +512,7 @@ def test_version() -> None:
         ["run", "--keepalive-timeout", "0"],
         ["run", "--header-timeout", "-1"],
         ["run", "--keepalive-timeout", "nan"],
+        ["run", "--drain-timeout", "-1"],
         ["frobnicate"],
     ],
 )

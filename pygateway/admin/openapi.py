@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from pygateway import config
+from pygateway.admin.app import PAGE_MAX, PAGE_SIZE_MAX, PAGE_SIZE_MIN
 
 PREFIX = "/apisix/admin"
 REF = "#/components/schemas/{name}"
@@ -120,8 +121,8 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 _LIST_PARAMS = [
-    _query("page", {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}, "page number, from 1"),
-    _query("page_size", {"type": "integer", "minimum": 10, "maximum": 500}, "items per page"),
+    _query("page", {"type": "integer", "minimum": 1, "maximum": PAGE_MAX}, "page number, from 1"),
+    _query("page_size", {"type": "integer", "minimum": PAGE_SIZE_MIN, "maximum": PAGE_SIZE_MAX}, "items per page"),
     _query("name", {"type": "string"}, "only objects whose name contains this"),
     _query("label", {"type": "string"}, "only objects with this label (`key:value` or `key`)"),
     _query("uri", {"type": "string"}, "routes: only those whose uri or uris contain this"),

@@ -1145,9 +1145,11 @@ async fn exchange(
         }
     };
     let close = encode_head(&mut conn.wbuf, method, path, headers, extra, framing);
+    // The connection's response timer is out of it while the exchange borrows the connection (an
+    // early error return drops it: that connection is not reused).
+    let mut timer = conn.timer.take();
     let head = match simple {
         Some(bytes) => {
-            let mut timer = conn.timer.take();
             let fut = async {
                 if let Err(e) = write_simple(conn, &bytes, batch).await {
                     return Err(Fail {
@@ -1157,9 +1159,7 @@ async fn exchange(
                 }
                 read_head(conn, head_request, reused).await
             };
-            let r = within(&mut timer, read_timeout, fut).await;
-            conn.timer = timer;
-            match r {
+            match within(&mut timer, read_timeout, fut).await {
                 Some(r) => r?,
                 None => return Err(timeout_fail()),
             }
@@ -1184,12 +1184,19 @@ async fn exchange(
                     })
                 }
             }
-            match tokio::time::timeout(read_timeout, read_head(conn, head_request, false)).await {
-                Ok(r) => r?,
-                Err(_) => return Err(timeout_fail()),
+            match within(
+                &mut timer,
+                read_timeout,
+                read_head(conn, head_request, false),
+            )
+            .await
+            {
+                Some(r) => r?,
+                None => return Err(timeout_fail()),
             }
         }
     };
+    conn.timer = timer;
     Ok((head, close))
 }
 

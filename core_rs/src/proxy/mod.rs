@@ -245,7 +245,7 @@ pub async fn handle(
         ex.trace_id = Some(trace::hex(&t.trace));
         if t.sampled {
             ex.span_target = Some((req.method().clone(), req.uri().to_string()));
-            ex.started.get_or_insert_with(std::time::Instant::now);
+            ex.mark_start();
         }
         ex.trace = Some(t);
     }

@@ -116,6 +116,11 @@ impl Exchange {
     /// Metrics or a log will record this request: note its head size and start time.
     pub fn begin<B>(&mut self, req: &http::Request<B>) {
         self.ingress = head_len(req);
+        self.mark_start();
+    }
+
+    /// Its latency counts from now, unless an earlier start was noted.
+    pub fn mark_start(&mut self) {
         self.started.get_or_insert_with(Instant::now);
     }
 }

@@ -94,16 +94,18 @@ impl Worker {
         access_log_format: &str,
         keepalive_timeout: f64,
     ) -> PyResult<Worker> {
-        let seconds = |name: &str, v: f64| {
+        let seconds = |name: &str, v: f64, zero_ok: bool| {
             Duration::try_from_secs_f64(v)
                 .ok()
-                .filter(|d| !d.is_zero())
+                .filter(|d| zero_ok || !d.is_zero())
                 .ok_or_else(|| {
-                    PyValueError::new_err(format!("{name}: expected seconds > 0, got {v}"))
+                    let least = if zero_ok { ">= 0" } else { "> 0" };
+                    PyValueError::new_err(format!("{name}: expected seconds {least}, got {v}"))
                 })
         };
-        let header_timeout = seconds("header_timeout", header_timeout)?;
-        let keepalive_idle = seconds("keepalive_timeout", keepalive_timeout)?;
+        let header_timeout = seconds("header_timeout", header_timeout, false)?;
+        let keepalive_idle = seconds("keepalive_timeout", keepalive_timeout, false)?;
+        let drain_timeout = seconds("drain_timeout", drain_timeout, true)?;
         let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
         let spans = observer.spans.clone();
         let http_logs = observer.loggers.http.clone();
@@ -122,7 +124,7 @@ impl Worker {
                 header_timeout,
                 keepalive_idle,
                 keepalive_requests,
-                drain_timeout: Duration::from_secs_f64(drain_timeout),
+                drain_timeout,
                 ..Limits::default()
             },
             listener: Mutex::new(None),

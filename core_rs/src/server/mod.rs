@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -159,25 +159,22 @@ pub async fn serve(
                 *per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
                 let conn_obs = shared.obs.clone();
                 let shared = shared.clone();
-                let served = Rc::new(Cell::new(0u64));
                 let max_req = limits.keepalive_requests;
                 let act = Rc::new(idle::Activity::default());
                 let conn_act = act.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let shared = shared.clone();
-                    let served = served.clone();
                     let in_flight = act.request();
+                    let close = act.requests() >= max_req;
                     async move {
                         let _in_flight = in_flight;
-                        served.set(served.get() + 1);
-                        let close = served.get() >= max_req;
                         let obs = shared.obs.clone();
                         obs.rec.bump(G_REQUESTS, 1);
                         obs.rec.bump(G_INFLIGHT, 1);
                         let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
                         let mut ex = observe::Exchange::default();
                         if capture.is_some() {
-                            ex.started = Some(std::time::Instant::now());
+                            ex.mark_start();
                             ex.trace_id = observe::trace_id(&req);
                         }
                         // Boxed: hyper moves the service future around (into its in-flight slot); a pointer
