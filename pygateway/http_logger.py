@@ -19,6 +19,7 @@ import orjson
 log = logging.getLogger("pygateway.http_logger")
 
 TICK = 0.1  # seconds between drains: the delay an entry may wait before it is batched
+IDLE_WAIT = 5.0  # seconds; nothing buffered: sleep until an entry is queued (or this long, to forget targets)
 IDLE_FORGET = 300.0  # a target (an old conf) with nothing to send for this long is dropped
 
 
@@ -74,11 +75,19 @@ class Sender(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self.stop_event.wait(TICK):
+        while not self.stop_event.is_set():
+            if self._busy():
+                self.stop_event.wait(TICK)
+            else:
+                # Nothing to batch or retry: no timer ticks; the data plane wakes us with an entry.
+                self.worker.wait_log_entries(IDLE_WAIT)
             try:
                 self.step(time.monotonic())
             except Exception:  # a bug here must not end logging for the worker's lifetime
                 log.exception("http-logger sender step failed")
+
+    def _busy(self) -> bool:
+        return any(t.buffer or t.batches for t in self.targets.values())
 
     def step(self, now: float) -> None:
         while groups := self.worker.drain_log_entries(4096):

@@ -29,6 +29,7 @@ from pygateway import _core
 from pygateway.compiled import Compiled
 from pygateway.config import ConfigError
 from pygateway.control import AdminServer, FileSource, StoreSource, admin_keys
+from pygateway.fswatch import DirWatch
 from pygateway.registry import Registry
 from pygateway.store.base import Store, StoreError
 
@@ -46,7 +47,9 @@ WORKER_BOOT = [
     f"import sys; sys.path[0] = {_PKG_ROOT!r}; import pygateway.worker as w; sys.exit(w.main(sys.argv[2:]))",
     "pygateway.worker",  # names the process in `ps`; main() parses the flags after it
 ]
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 0.5  # a config file without inotify is polled this often
+MAX_IDLE = 5.0  # the main loop's longest sleep when nothing is due (wake-ups make it react at once)
+SETTLE = 0.05  # after a file event, wait this long for the rest of a multi-step save
 
 
 class StartError(Exception):
@@ -122,6 +125,10 @@ class Master:
         self.data_dir = Path(settings.data_dir)
         self.store: Store | None = None
         self.source: FileSource | StoreSource = self._make_source()
+        self._watch = DirWatch.open(self.source.path) if isinstance(self.source, FileSource) else None
+        self._file_touched = False
+        if self._watch is not None:
+            self.sel.register(self._watch.fd, selectors.EVENT_READ, self._watch)
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         self.shm_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.limits")
         self._limits = _core.Limiter(self.shm_path, slots=1 << 16, create=True)
@@ -362,6 +369,9 @@ class Master:
         for key, _ in self.sel.select(timeout):
             if isinstance(key.data, WorkerProc):
                 self._read_worker(key.data)
+            elif isinstance(key.data, DirWatch):
+                key.data.drain()
+                self._file_touched = True
             else:
                 try:
                     key.fileobj.recv(4096)  # type: ignore[union-attr]
@@ -388,22 +398,38 @@ class Master:
         signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
+        # A worker's exit wakes the loop (through the wakeup fd) to respawn it at once.
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)
 
     def serve_forever(self) -> int:
-        last_poll = time.monotonic()
+        # A file is looked at when inotify reports its directory changed (and every MAX_IDLE in
+        # case the file system reports nothing), or polled where inotify is missing.
+        poll = POLL_INTERVAL if self._watch is None else MAX_IDLE
+        next_poll = time.monotonic() + poll
         while not self.stopping:
-            self._pump(0.1)
+            # Sleep until something is due: signals (SIGCHLD included), worker output, file events
+            # and store changes wake the selector; an idle master does not tick.
+            self._pump(self._idle_wait(next_poll))
             self._reap()
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload("SIGHUP")
             now = time.monotonic()
-            # A store tells us about changes (and wakes the loop); a file is polled.
-            if isinstance(self.source, StoreSource) or now - last_poll >= POLL_INTERVAL:
-                last_poll = now
+            if self._file_touched:
+                self._file_touched = False
+                next_poll = min(next_poll, now + SETTLE)
+            # A store tells us about changes (and wakes the loop).
+            if isinstance(self.source, StoreSource) or now >= next_poll:
+                next_poll = now + poll
                 if self.source.changed():
                     self.reload(f"{self.source.description} changed")
         return self.shutdown(self.stopping)
+
+    def _idle_wait(self, next_poll: float) -> float:
+        due = list(self.respawn_at.values())
+        if isinstance(self.source, FileSource):
+            due.append(next_poll)
+        return max(0.0, min(due, default=time.monotonic() + MAX_IDLE) - time.monotonic())
 
     def shutdown(self, how: str) -> int:
         sig = signal.SIGTERM if how == "drain" else signal.SIGINT
@@ -429,6 +455,8 @@ class Master:
         if self.status_server is not None:
             self.status_server.stop()
         self.source.close()
+        if self._watch is not None:
+            self._watch.close()
         for w in self.workers.values():
             if w.proc.poll() is None:
                 w.proc.kill()

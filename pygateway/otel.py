@@ -12,6 +12,7 @@ import httpx
 log = logging.getLogger("pygateway.otel")
 
 BATCH = 512
+IDLE_WAIT = 5.0  # seconds; how often an idle exporter looks at its stop flag
 
 
 def encode(spans: list[tuple[Any, ...]], service_name: str) -> bytes:
@@ -38,19 +39,24 @@ def encode(spans: list[tuple[Any, ...]], service_name: str) -> bytes:
 
 
 class Exporter(threading.Thread):
-    """Drains the worker's span queue every `interval` seconds and POSTs to `{endpoint}/v1/traces`."""
+    """Drains the worker's span queue every `interval` seconds and POSTs to `{endpoint}/v1/traces`;
+    sleeps without a timer (`worker.wait_spans`) while no span is queued."""
 
-    def __init__(self, drain: Any, endpoint: str, service_name: str, interval: float = 1.0) -> None:
+    def __init__(self, worker: Any, endpoint: str, service_name: str, interval: float = 1.0) -> None:
         super().__init__(name="pygateway-otlp", daemon=True)
-        self.drain, self.url, self.service_name, self.interval = drain, endpoint.rstrip("/") + "/v1/traces", \
+        self.worker, self.url, self.service_name, self.interval = worker, endpoint.rstrip("/") + "/v1/traces", \
             service_name, interval  # fmt: skip
         self.stop_event = threading.Event()
         self.failing = False
 
     def run(self) -> None:
         with httpx.Client(timeout=3.0) as client:
-            while not self.stop_event.wait(self.interval):
-                while spans := self.drain(BATCH):
+            while not self.stop_event.is_set():
+                if not self.worker.wait_spans(IDLE_WAIT):
+                    continue
+                if self.stop_event.wait(self.interval):  # a batch's worth: spans come in bursts
+                    break
+                while spans := self.worker.drain_spans(BATCH):
                     self._send(client, spans)
                     if len(spans) < BATCH:
                         break

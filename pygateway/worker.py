@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.otlp_endpoint:
         from pygateway.otel import Exporter
 
-        Exporter(worker.drain_spans, args.otlp_endpoint, args.otlp_service_name).start()
+        Exporter(worker, args.otlp_endpoint, args.otlp_service_name).start()
     Sender(worker).start()  # idle unless a route has http-logger
     loop = AsyncLoop()
     worker.set_async_submit(loop.submit)

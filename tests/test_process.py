@@ -9,6 +9,7 @@ sleeps standing in for "long enough".
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import os
@@ -596,3 +597,61 @@ def test_keepalive_timeout_closes_idle_connections_only(upstream, gateway) -> No
     finally:
         for c in (idle, busy, slow):
             c.close()
+
+
+def _voluntary_switches(pid: int, skip_main: bool = False) -> int:
+    """Voluntary context switches (= wake-ups after sleeping) summed over a process's threads."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if skip_main and int(tid) == pid:
+            continue
+        text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return total
+
+
+def test_idle_gateway_does_not_tick(upstream, gateway) -> None:
+    """An idle master (admin and metrics ports included) and the worker's Python threads (http-logger
+    sender, OTLP exporter, asyncio loop, config reader) sleep until there is work: on a busy core
+    every timer wake-up costs the data plane. (They used to wake ~40 times a second in all.)
+    The worker's I/O thread is not counted: its log flush timer runs in the serving loop."""
+    up = upstream()
+    gw = gateway({"routes": [route("r1", "/*", up)]})
+    (worker,) = wait_for(gw.worker_pids, 10, "one worker")
+    assert status(gw.port, "/x") == 200
+    time.sleep(1.0)  # start-up work (first config, first request) settles
+    before = _voluntary_switches(gw.proc.pid) + _voluntary_switches(worker, skip_main=True)
+    time.sleep(4.0)
+    woke = _voluntary_switches(gw.proc.pid) + _voluntary_switches(worker, skip_main=True) - before
+    assert woke <= 8, f"{woke} wake-ups in 4 s of idling"
+    # Still awake to what matters: a config change is applied at once (inotify, not a poll).
+    t0 = time.monotonic()
+    gw.update({"routes": [route("r2", "/y/*", up)]})
+    assert time.monotonic() - t0 < 2.0
+    assert status(gw.port, "/y/1") == 200
+
+
+def test_config_file_written_in_place_is_applied(upstream, gateway) -> None:
+    """Not every tool saves by rename: an in-place rewrite is seen when the writer closes the file."""
+    up = upstream()
+    gw = gateway({"routes": [route("r1", "/a/*", up)]})
+    gw.config_path.write_text(json.dumps({"routes": [route("r1", "/b/*", up)]}))
+    gw.version += 1
+    gw.wait_log(f"config version {gw.version} applied by all workers", timeout=2.0)
+    assert status(gw.port, "/b/1") == 200
+    assert status(gw.port, "/a/1") == 404
+
+
+def test_admin_and_status_ports_send_a_date_header(gateway) -> None:
+    """uvicorn's own (timer-refreshed) Date header is replaced by one made per response."""
+    gw = gateway(None)
+    admin_port = int(gw.admin_url.split(":")[2].split("/")[0])
+    metrics_port = int(gw.metrics_url.rsplit(":", 1)[1])
+    for port, path, headers in (
+        (admin_port, "/apisix/admin/routes", {"X-API-KEY": gw.admin_headers["X-API-KEY"]}),
+        (metrics_port, "/status", {}),
+    ):
+        code, h, _ = get(port, path, headers=headers)
+        assert code == 200, (port, path)
+        sent = email.utils.parsedate_to_datetime(h["date"])
+        assert abs(sent.timestamp() - time.time()) < 5, h["date"]

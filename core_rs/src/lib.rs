@@ -11,6 +11,7 @@ pub mod py;
 pub mod router;
 pub mod server;
 pub mod shmfile;
+pub mod waitq;
 
 use pyo3::prelude::*;
 

@@ -10,11 +10,13 @@
 use crate::accesslog::{AccessLog, Capture, Done, LogFormat, Sink};
 use crate::config::RouteConf;
 use crate::proxy::table::CompileError;
+use crate::waitq::WaitQueue;
 use serde_json::Value;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The loggers a route has (its own conf or a global rule's).
 pub struct RouteLoggers {
@@ -207,7 +209,7 @@ impl LoggerSinks {
 /// http-logger entries waiting for the sender thread: `(target, JSON entry)`.
 #[derive(Default)]
 pub struct HttpLogQueue {
-    q: Mutex<VecDeque<(Arc<str>, Vec<u8>)>>,
+    q: WaitQueue<(Arc<str>, Vec<u8>)>,
     /// Entries pushed and not yet reported done (delivered or given up) by the sender.
     pending: AtomicUsize,
     /// Entries the sender gave up on, not yet moved into the metrics (by the I/O thread).
@@ -221,20 +223,18 @@ impl HttpLogQueue {
             return false;
         }
         self.pending.fetch_add(1, Ordering::Relaxed);
-        self.q
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back((target.clone(), entry));
+        self.q.push_with(|q| q.push_back((target.clone(), entry)));
         true
+    }
+
+    /// Block until an entry is queued or `timeout` passes; true = entries are waiting.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.q.wait(timeout)
     }
 
     /// Up to `max` entries, grouped by target in order of first appearance.
     pub fn drain(&self, max: usize) -> Vec<(Arc<str>, Vec<Vec<u8>>)> {
-        let taken: Vec<_> = {
-            let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
-            let n = q.len().min(max);
-            q.drain(..n).collect()
-        };
+        let taken = self.q.drain(max);
         let mut out: Vec<(Arc<str>, Vec<Vec<u8>>)> = Vec::new();
         for (t, e) in taken {
             match out

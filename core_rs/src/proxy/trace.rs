@@ -2,10 +2,11 @@
 //! start one), decide sampling, tell the upstream (`traceparent`), and queue finished spans. The
 //! queue is drained about once a second by the worker's exporter thread (OTLP/HTTP), never per
 //! request; when it is full, spans are dropped and counted.
+use crate::waitq::WaitQueue;
 use serde::Deserialize;
 use std::cell::Cell;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// APISIX's `opentelemetry` plugin config (the parts that act per request).
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +202,7 @@ pub struct Span {
 /// Finished spans waiting for the exporter; bounded.
 #[derive(Default)]
 pub struct SpanQueue {
-    q: Mutex<VecDeque<Span>>,
+    q: WaitQueue<Span>,
 }
 
 pub const MAX_QUEUED: usize = 8192;
@@ -209,22 +210,26 @@ pub const MAX_QUEUED: usize = 8192;
 impl SpanQueue {
     /// Queue spans; returns how many were dropped because the queue is full.
     pub fn push(&self, spans: impl IntoIterator<Item = Span>) -> u64 {
-        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dropped = 0;
-        for s in spans {
-            if q.len() >= MAX_QUEUED {
-                dropped += 1;
-            } else {
-                q.push_back(s);
+        self.q.push_with(|q| {
+            let mut dropped = 0;
+            for s in spans {
+                if q.len() >= MAX_QUEUED {
+                    dropped += 1;
+                } else {
+                    q.push_back(s);
+                }
             }
-        }
-        dropped
+            dropped
+        })
     }
 
     pub fn drain(&self, max: usize) -> Vec<Span> {
-        let mut q = self.q.lock().unwrap_or_else(|p| p.into_inner());
-        let n = q.len().min(max);
-        q.drain(..n).collect()
+        self.q.drain(max)
+    }
+
+    /// Block until a span is queued or `timeout` passes; true = spans are waiting.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.q.wait(timeout)
     }
 }
 

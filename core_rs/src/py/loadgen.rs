@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 const TABLE: [f64; 7] = [50.0, 75.0, 90.0, 99.0, 99.9, 99.99, 100.0];
 
 fn secs(name: &str, v: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(v)
-        .map_err(|_| PyValueError::new_err(format!("{name}: expected seconds >= 0, got {v}")))
+    super::seconds(name, v, true)
 }
 
 /// Run a benchmark; returns plain data (see `pygateway/_core.pyi`). Raises ValueError for bad

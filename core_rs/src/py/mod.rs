@@ -94,15 +94,6 @@ impl Worker {
         access_log_format: &str,
         keepalive_timeout: f64,
     ) -> PyResult<Worker> {
-        let seconds = |name: &str, v: f64, zero_ok: bool| {
-            Duration::try_from_secs_f64(v)
-                .ok()
-                .filter(|d| zero_ok || !d.is_zero())
-                .ok_or_else(|| {
-                    let least = if zero_ok { ">= 0" } else { "> 0" };
-                    PyValueError::new_err(format!("{name}: expected seconds {least}, got {v}"))
-                })
-        };
         let header_timeout = seconds("header_timeout", header_timeout, false)?;
         let keepalive_idle = seconds("keepalive_timeout", keepalive_timeout, false)?;
         let drain_timeout = seconds("drain_timeout", drain_timeout, true)?;
@@ -190,6 +181,21 @@ impl Worker {
                 (t.to_string(), es)
             })
             .collect()
+    }
+
+    /// Sleep (without the GIL) until an http-logger entry is queued or `timeout` seconds pass;
+    /// True when entries are waiting. The sender's idle wait: no timer wakes an idle worker.
+    fn wait_log_entries(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let t = seconds("timeout", timeout, true)?;
+        let q = self.http_logs.clone();
+        Ok(py.detach(|| q.wait(t)))
+    }
+
+    /// Like `wait_log_entries`, for the OTLP exporter's span queue.
+    fn wait_spans(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let t = seconds("timeout", timeout, true)?;
+        let q = self.spans.clone();
+        Ok(py.detach(|| q.wait(t)))
     }
 
     /// The sender is finished with `n` drained entries (`failed` of them given up): they no
@@ -552,4 +558,16 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
+}
+
+/// Seconds from Python as a `Duration`; a ValueError naming the argument for a negative, NaN or
+/// too large value (and 0 unless `zero_ok`).
+pub(crate) fn seconds(name: &str, v: f64, zero_ok: bool) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| zero_ok || !d.is_zero())
+        .ok_or_else(|| {
+            let least = if zero_ok { ">= 0" } else { "> 0" };
+            PyValueError::new_err(format!("{name}: expected seconds {least}, got {v}"))
+        })
 }
