@@ -8,6 +8,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod proxy;
 pub mod py;
+pub mod rawtcp;
 pub mod router;
 pub mod server;
 pub mod shmfile;

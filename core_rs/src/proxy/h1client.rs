@@ -10,6 +10,7 @@
 //! a connection is only ever put back into the pool of the thread that opened it (its socket is
 //! registered with that thread's reactor) — a body finished or dropped on another thread just closes
 //! its connection.
+use crate::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -317,14 +318,14 @@ fn pool_idle_count(target: &Target<'_>) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 enum Stream {
-    Plain(TcpStream),
+    Plain(RawTcp),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Plain(s) => s,
+            Stream::Plain(s) => &s.0,
             Stream::Tls(s) => s.get_ref().0,
         }
     }
@@ -505,7 +506,7 @@ async fn connect(
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let io = match target.tls {
-            None => Stream::Plain(tcp),
+            None => Stream::Plain(RawTcp(tcp)),
             Some(mode) => {
                 let name = rustls::pki_types::ServerName::try_from(target.host.to_owned())
                     .map_err(|e| {

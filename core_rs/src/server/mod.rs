@@ -7,6 +7,7 @@ mod idle;
 use crate::accesslog::Capture;
 use crate::metrics::shm::{G_INFLIGHT, G_REQUESTS};
 use crate::proxy::{self, body::GwBody, observe, Shared};
+use crate::rawtcp::RawTcp;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -187,7 +188,7 @@ pub async fn serve(
                         Ok::<_, Infallible>(observe::meter(&obs, resp, ex, capture))
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(stream, head_limits, conn_act.clone())), svc).into_owned();
+                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone())), svc).into_owned();
                 let drain_set = drain_set.clone();
                 let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
