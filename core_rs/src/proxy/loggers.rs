@@ -250,16 +250,18 @@ impl HttpLogQueue {
 
     /// The sender finished with `n` entries, `failed` of them given up after retries.
     pub fn done(&self, n: usize, failed: u64) {
+        // Failures first: whoever sees the entries no longer pending (`pending`, Acquire) also
+        // sees them counted.
+        self.failed.fetch_add(failed, Ordering::Relaxed);
         let _ = self
             .pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |p| {
                 Some(p.saturating_sub(n))
             });
-        self.failed.fetch_add(failed, Ordering::Relaxed);
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Failures since the last call (the I/O thread moves them into its metrics slab).

@@ -11,6 +11,7 @@ use crate::proxy::loggers::{LogCapture, LoggerSinks};
 use crate::proxy::table::{RouteObs, Upstream};
 use crate::proxy::trace::{self, Span, SpanQueue, TraceCtx};
 use http::Response;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +25,40 @@ pub struct Observer {
     /// `file-logger` writers and the `http-logger` queue.
     pub loggers: LoggerSinks,
     pub plugin_times: Option<PluginTimesPull>,
+    pub housekeeping: Housekeeping,
+}
+
+/// The housekeeping task (log flushes, plugin timings; `server::log_housekeeping`) ticks while the
+/// worker works and sleeps while it is idle: an idle worker has no timer waking it.
+#[derive(Default)]
+pub struct Housekeeping {
+    /// A request began or a log line was buffered since the last tick.
+    active: Cell<bool>,
+    sleeping: Cell<bool>,
+    wake: tokio::sync::Notify,
+}
+
+impl Housekeeping {
+    /// Work for the housekeeping task is coming (a request began, a log line was written).
+    #[inline]
+    pub fn note(&self) {
+        self.active.set(true);
+        if self.sleeping.get() {
+            self.sleeping.set(false);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Nothing was noted since the last call.
+    pub fn quiet(&self) -> bool {
+        !self.active.replace(false)
+    }
+
+    /// Until the next `note`.
+    pub async fn sleep(&self) {
+        self.sleeping.set(true);
+        self.wake.notified().await;
+    }
 }
 
 /// Pulls the Python plugin timings gathered since the last call into the recorder (set by `py/`).
@@ -31,7 +66,8 @@ pub type PluginTimesPull = Box<dyn Fn(&Recorder) + Send>;
 
 impl Observer {
     /// Record the Python plugin timings sampled since the last pull (the housekeeping task calls
-    /// this once a second, on the I/O thread, the slab's only writer).
+    /// this once a second while busy and when going idle, on the I/O thread, the slab's only
+    /// writer).
     pub fn pull_plugin_times(&self) {
         if let Some(pull) = self.plugin_times.as_ref() {
             pull(&self.rec);
@@ -275,6 +311,7 @@ impl Drop for Meter {
         if self.capture.is_none() && ex.logs.is_none() {
             return;
         }
+        self.obs.housekeeping.note(); // lines to flush
         let done = Done {
             status: self.status,
             body_bytes: self.body_bytes,

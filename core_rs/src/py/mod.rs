@@ -368,6 +368,7 @@ fn observer(
         spans: Default::default(),
         loggers: Default::default(),
         plugin_times: None,
+        housekeeping: Default::default(),
     })
 }
 

@@ -171,6 +171,7 @@ pub async fn serve(
                         let _in_flight = in_flight;
                         let obs = shared.obs.clone();
                         obs.rec.bump(G_REQUESTS, 1);
+                        obs.housekeeping.note();
                         obs.rec.bump(G_INFLIGHT, 1);
                         let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
                         let mut ex = observe::Exchange::default();
@@ -217,21 +218,31 @@ pub async fn serve(
     Ok(())
 }
 
-/// Flush access log (and file-logger) lines at least every 100 ms; reopen the files on SIGUSR1
-/// (logrotate).
+/// Flush access log (and file-logger) lines at least every 100 ms and pull Python plugin timings
+/// once a second while requests come; sleep while the worker is idle. Reopen the log files on
+/// SIGUSR1 (logrotate).
 async fn log_housekeeping(obs: Rc<observe::Observer>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut ticks = 0u32;
+    let mut idle = false;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = tick.tick(), if !idle => {
+                // Looked at before the flush: an http-logger failure is counted before its entries
+                // stop being pending, so the flush below moves it into the metrics.
+                let quiet = obs.housekeeping.quiet() && obs.loggers.http.pending() == 0;
                 obs.flush_log();
                 ticks = ticks.wrapping_add(1);
-                if ticks.is_multiple_of(10) {
+                if ticks.is_multiple_of(10) || quiet {
                     obs.pull_plugin_times();
                 }
+                idle = quiet;
+            }
+            _ = obs.housekeeping.sleep(), if idle => {
+                idle = false;
+                tick.reset();
             }
             Some(_) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
                 if let Some(log) = &obs.log {
