@@ -319,14 +319,14 @@ fn pool_idle_count(target: &Target<'_>) -> usize {
 
 enum Stream {
     Plain(RawTcp),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<RawTcp>>),
 }
 
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => &s.0,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Tls(s) => &s.get_ref().0 .0,
         }
     }
 }
@@ -505,8 +505,9 @@ async fn connect(
             .await
             .map_err(UpstreamError::Connect)?;
         let _ = tcp.set_nodelay(true);
+        let tcp = RawTcp(tcp);
         let io = match target.tls {
-            None => Stream::Plain(RawTcp(tcp)),
+            None => Stream::Plain(tcp),
             Some(mode) => {
                 let name = rustls::pki_types::ServerName::try_from(target.host.to_owned())
                     .map_err(|e| {
