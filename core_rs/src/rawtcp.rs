@@ -103,6 +103,7 @@ impl AsyncRead for RawTcp {
                 }
             });
             if let Some(n) = got {
+                // SAFETY: `recv` wrote these `n` bytes.
                 unsafe { buf.assume_init(n) };
                 buf.advance(n);
                 return Poll::Ready(Ok(()));
