@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import ROOT, Gateway, route, write_config
 
@@ -608,13 +609,20 @@ def _voluntary_switches(pid: int) -> int:
     return total
 
 
-def test_idle_gateway_does_not_tick(upstream, gateway) -> None:
-    """An idle gateway sleeps until there is work: the master (admin and metrics ports included)
-    and every thread of the worker (I/O thread, http-logger sender, OTLP exporter, asyncio loop,
-    config reader). On a busy core every timer wake-up costs the data plane; they used to wake
-    ~50 times a second in all."""
+@pytest.mark.parametrize("source", ["file", "store"])
+def test_idle_gateway_does_not_tick(upstream, gateway, source: str) -> None:
+    """An idle gateway sleeps until there is work: the master (admin and metrics ports, config file
+    or SQLite store watcher included) and every thread of the worker (I/O thread, http-logger
+    sender, OTLP exporter, asyncio loop, config reader). On a busy core every timer wake-up costs the
+    data plane; they used to wake ~40 times a second in all."""
     up = upstream()
-    gw = gateway({"routes": [route("r1", "/*", up)]})
+    if source == "file":
+        gw = gateway({"routes": [route("r1", "/*", up)]})
+    else:
+        gw = gateway(None)
+        r = httpx.put(f"{gw.admin_url}/routes/r1", json=route("r1", "/*", up), headers=gw.admin_headers)
+        assert r.status_code in (200, 201), r.text
+        gw.wait_log("config version 2 applied by all workers")
     (worker,) = wait_for(gw.worker_pids, 10, "one worker")
     assert status(gw.port, "/x") == 200
     time.sleep(1.0)  # start-up work (first config, first request) settles
@@ -622,9 +630,15 @@ def test_idle_gateway_does_not_tick(upstream, gateway) -> None:
     time.sleep(4.0)
     woke = _voluntary_switches(gw.proc.pid) + _voluntary_switches(worker) - before
     assert woke <= 8, f"{woke} wake-ups in 4 s of idling"
-    # Still awake to what matters: a config change is applied at once (inotify, not a poll).
+    # Still awake to what matters: a config change is applied at once (inotify or the store's
+    # notification, not a poll).
     t0 = time.monotonic()
-    gw.update({"routes": [route("r2", "/y/*", up)]})
+    if source == "file":
+        gw.update({"routes": [route("r2", "/y/*", up)]})
+    else:
+        r = httpx.put(f"{gw.admin_url}/routes/r2", json=route("r2", "/y/*", up), headers=gw.admin_headers)
+        assert r.status_code in (200, 201), r.text
+        gw.wait_log("config version 3 applied by all workers", timeout=2.0)
     assert time.monotonic() - t0 < 2.0
     assert status(gw.port, "/y/1") == 200
 

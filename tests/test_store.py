@@ -318,6 +318,26 @@ def test_sqlite_sees_writes_of_another_process(tmp_path: Path) -> None:
         s.close()
 
 
+def test_sqlite_wakes_on_another_process_write_without_polling(tmp_path: Path) -> None:
+    """inotify on the file's directory wakes the watcher: with a 30 s poll, only that can be fast."""
+    path = tmp_path / "c.db"
+    s = SqliteStore(path, poll_interval=30.0)
+    try:
+        rec = Recorder()
+        s.watch(0, rec)
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from pygateway.store.sqlite import SqliteStore\n"
+            f"s = SqliteStore({str(path)!r}); s.put('routes/ext', {{'id': 'ext'}}); s.close()\n"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
+        assert rec.wait_changes(1, timeout=5.0) == [Change(1, "routes/ext", {"id": "ext"})]
+    finally:
+        t0 = time.monotonic()
+        s.close()
+        assert time.monotonic() - t0 < 1.0, "close() waits for no poll"
+
+
 def test_sqlite_concurrent_writers(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "c.db")
     try:

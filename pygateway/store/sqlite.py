@@ -7,8 +7,9 @@ fell off it is told to resync with `on_change(rev, None)`.
 
 Writes commit with `synchronous=FULL`: once put()/delete() has returned, the write survives a
 `kill -9` of the process (and, for the WAL's fsync, a power loss). In-process writes wake the
-watchers at once through a Condition; writes by other processes sharing the file are picked up by
-polling the log every `poll_interval` seconds.
+watchers at once through a Condition; writes by other processes sharing the file wake them through
+inotify on the file's directory (a safety poll every `max(poll_interval, SAFETY_POLL)` seconds), or,
+where inotify is missing, by polling the log every `poll_interval` seconds.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import builtins
 import json
 import logging
 import os
+import select
 import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from pygateway.fswatch import DirWatch
 
 from .base import Change, Item, OnChange, Store, StoreError
 
@@ -43,6 +47,7 @@ CREATE TABLE IF NOT EXISTS log (
 """
 
 _BATCH = 1000  # log rows read per watcher wake-up
+SAFETY_POLL = 5.0  # seconds between log reads of an idle watcher when inotify reports writes
 
 # One Condition per database file, shared by every SqliteStore of this process on that file, so a
 # write through one instance wakes the watchers of the others at once too.
@@ -105,6 +110,9 @@ class SqliteStore(Store):
         self._cond = _shared_condition(self.path)  # wakes watchers after in-process writes
         self._closed = False
         self._threads: builtins.list[threading.Thread] = []
+        # Set by the first watch(): inotify on the file's directory, and a pipe that stops its thread.
+        self._files: DirWatch | None = None
+        self._stop_pipe: tuple[int, int] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -233,6 +241,11 @@ class SqliteStore(Store):
 
     def watch(self, since: int, on_change: OnChange) -> None:
         self._check_open()
+        if self._files is None and (files := DirWatch.open(str(self.path), modify=True)) is not None:
+            self._files, self._stop_pipe = files, os.pipe()
+            events = threading.Thread(target=self._file_events, name=f"sqlite-inotify:{self.path.name}", daemon=True)
+            self._threads.append(events)
+            events.start()
         t = threading.Thread(
             target=self._watch_loop,
             args=(since, on_change),
@@ -290,7 +303,19 @@ class SqliteStore(Store):
                 # cheap (one MAX(rev) read) and the condition wait covers the common case.
                 if self._peek_revision() > last:
                     continue
-                self._cond.wait(self.poll_interval)
+                self._cond.wait(self.poll_interval if self._files is None else max(self.poll_interval, SAFETY_POLL))
+
+    def _file_events(self) -> None:
+        """Another process wrote the file: wake the watchers (they read the log and see)."""
+        assert self._files is not None and self._stop_pipe is not None
+        stop = self._stop_pipe[0]
+        while True:
+            ready, _, _ = select.select([self._files.fd, stop], [], [])
+            if stop in ready:
+                return
+            self._files.drain()
+            with self._cond:
+                self._cond.notify_all()
 
     def _peek_revision(self) -> int:
         with self._lock:
@@ -307,10 +332,16 @@ class SqliteStore(Store):
                 return
             self._closed = True
             self._cond.notify_all()
+        if self._stop_pipe is not None:
+            os.write(self._stop_pipe[1], b"x")
         me = threading.current_thread()
         for t in self._threads:
             if t is not me:
                 t.join(timeout=2.0)
+        if self._files is not None and self._stop_pipe is not None:
+            self._files.close()
+            for fd in self._stop_pipe:
+                os.close(fd)
         with self._lock:
             try:
                 self._db.close()
