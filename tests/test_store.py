@@ -300,18 +300,23 @@ def test_sqlite_in_process_writes_are_delivered_within_ms(tmp_path: Path) -> Non
         s.close()
 
 
+def _put_from_another_process(path: Path) -> None:
+    """`routes/ext` written into the store file by a separate Python process."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from pygateway.store.sqlite import SqliteStore\n"
+        f"s = SqliteStore({str(path)!r}); s.put('routes/ext', {{'id': 'ext'}}); s.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
+
+
 def test_sqlite_sees_writes_of_another_process(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     s = SqliteStore(path, poll_interval=0.1)
     try:
         rec = Recorder()
         s.watch(0, rec)
-        code = (
-            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from pygateway.store.sqlite import SqliteStore\n"
-            f"s = SqliteStore({str(path)!r}); s.put('routes/ext', {{'id': 'ext'}}); s.close()\n"
-        )
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
+        _put_from_another_process(path)
         assert rec.wait_changes(1, timeout=5.0) == [Change(1, "routes/ext", {"id": "ext"})]
         assert s.put("routes/own", {"id": "own"}).modified_index == 2
     finally:
@@ -325,12 +330,7 @@ def test_sqlite_wakes_on_another_process_write_without_polling(tmp_path: Path) -
     try:
         rec = Recorder()
         s.watch(0, rec)
-        code = (
-            f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from pygateway.store.sqlite import SqliteStore\n"
-            f"s = SqliteStore({str(path)!r}); s.put('routes/ext', {{'id': 'ext'}}); s.close()\n"
-        )
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=10)
+        _put_from_another_process(path)
         assert rec.wait_changes(1, timeout=5.0) == [Change(1, "routes/ext", {"id": "ext"})]
     finally:
         t0 = time.monotonic()

@@ -110,9 +110,8 @@ class SqliteStore(Store):
         self._cond = _shared_condition(self.path)  # wakes watchers after in-process writes
         self._closed = False
         self._threads: builtins.list[threading.Thread] = []
-        # Set by the first watch(): inotify on the file's directory, and a pipe that stops its thread.
-        self._files: DirWatch | None = None
-        self._stop_pipe: tuple[int, int] | None = None
+        # Set by the first watch(): inotify on the file's directory, and the pipe that stops its thread.
+        self._files: tuple[DirWatch, int, int] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -242,7 +241,7 @@ class SqliteStore(Store):
     def watch(self, since: int, on_change: OnChange) -> None:
         self._check_open()
         if self._files is None and (files := DirWatch.open(str(self.path), modify=True)) is not None:
-            self._files, self._stop_pipe = files, os.pipe()
+            self._files = (files, *os.pipe())
             events = threading.Thread(target=self._file_events, name=f"sqlite-inotify:{self.path.name}", daemon=True)
             self._threads.append(events)
             events.start()
@@ -307,13 +306,13 @@ class SqliteStore(Store):
 
     def _file_events(self) -> None:
         """Another process wrote the file: wake the watchers (they read the log and see)."""
-        assert self._files is not None and self._stop_pipe is not None
-        stop = self._stop_pipe[0]
+        assert self._files is not None
+        files, stop, _ = self._files
         while True:
-            ready, _, _ = select.select([self._files.fd, stop], [], [])
+            ready, _, _ = select.select([files.fd, stop], [], [])
             if stop in ready:
                 return
-            self._files.drain()
+            files.drain()
             with self._cond:
                 self._cond.notify_all()
 
@@ -332,16 +331,17 @@ class SqliteStore(Store):
                 return
             self._closed = True
             self._cond.notify_all()
-        if self._stop_pipe is not None:
-            os.write(self._stop_pipe[1], b"x")
+        if self._files is not None:
+            os.write(self._files[2], b"x")
         me = threading.current_thread()
         for t in self._threads:
             if t is not me:
                 t.join(timeout=2.0)
-        if self._files is not None and self._stop_pipe is not None:
-            self._files.close()
-            for fd in self._stop_pipe:
-                os.close(fd)
+        if self._files is not None:
+            files, stop_r, stop_w = self._files
+            files.close()
+            os.close(stop_r)
+            os.close(stop_w)
         with self._lock:
             try:
                 self._db.close()
