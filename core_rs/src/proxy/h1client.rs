@@ -68,7 +68,7 @@ pub enum ReqBody {
     Empty,
     Full(Bytes),
     /// Streamed: chunked unless the headers carry a Content-Length.
-    Stream(hyper::body::Incoming),
+    Stream(crate::server::h1::ClientBody),
 }
 
 pub struct UpstreamRequest<'a> {
@@ -546,7 +546,7 @@ async fn connect(
 // ---------------------------------------------------------------------------------------------
 
 /// "<hex>\r\n" into `out`, returning the used length.
-fn chunk_header(out: &mut [u8; 18], n: usize) -> usize {
+pub(crate) fn chunk_header(out: &mut [u8; 18], n: usize) -> usize {
     let mut tmp = [0u8; 16];
     let mut i = tmp.len();
     let mut v = n as u64;
@@ -566,7 +566,7 @@ fn chunk_header(out: &mut [u8; 18], n: usize) -> usize {
 }
 
 /// Whether a Connection header value lists `close`.
-fn has_close_token(v: &[u8]) -> bool {
+pub(crate) fn has_close_token(v: &[u8]) -> bool {
     v.split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
@@ -655,7 +655,7 @@ fn encode_head(
     close
 }
 
-fn parse_cl_value(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_cl_value(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 {
         return None;
     }
@@ -720,7 +720,7 @@ enum StreamWriteError {
 /// Write head + streamed body (the head goes out with the first frame).
 async fn write_stream(
     conn: &mut Conn,
-    body: &mut hyper::body::Incoming,
+    body: &mut crate::server::h1::ClientBody,
     framing: ReqFraming,
     write_timeout: Duration,
 ) -> Result<(), StreamWriteError> {
@@ -1272,7 +1272,7 @@ enum ChunkState {
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct ChunkDecoder {
+pub(crate) struct ChunkDecoder {
     state: ChunkState,
     trailer_bytes: usize,
 }
@@ -1317,6 +1317,11 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, &'static str> {
 }
 
 impl ChunkDecoder {
+    /// The last chunk and the trailers have been read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
     /// Advance through everything but chunk data: stops in `Data` (with data to come), `Done`,
     /// or when more input is needed.
     fn skip_framing(&mut self, buf: &mut BytesMut) -> Result<(), &'static str> {
@@ -1381,7 +1386,7 @@ impl ChunkDecoder {
     /// Decode from `buf`: `Some(data)` when chunk data is available, `None` when more input is
     /// needed or the body is complete (`state == Done`). After returning data, the framing that
     /// follows is consumed as far as the buffer allows, so `Done` is seen as early as possible.
-    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, &'static str> {
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, &'static str> {
         self.skip_framing(buf)?;
         let ChunkState::Data(rem) = self.state else {
             return Ok(None);
@@ -2372,10 +2377,12 @@ mod tests {
         let up_port = up.port;
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw_port = l.local_addr().unwrap().port();
-        tokio::spawn(async move {
+        // Local tasks: a streamed request body stays on its connection's thread.
+        let local = tokio::task::LocalSet::new();
+        local.spawn_local(async move {
             loop {
                 let (s, _) = l.accept().await.unwrap();
-                tokio::spawn(async move {
+                tokio::task::spawn_local(async move {
                     let svc =
                         service_fn(move |r: http::Request<hyper::body::Incoming>| async move {
                             let (parts, body) = r.into_parts();
@@ -2394,7 +2401,7 @@ mod tests {
                                     .map_or("/", |p| p.as_str()),
                                 headers: &h,
                                 extra: &[],
-                                body: ReqBody::Stream(body),
+                                body: ReqBody::Stream(crate::server::h1::ClientBody::H2(body)),
                                 batch: false,
                             };
                             match send(&t, rq, T, T).await {
@@ -2409,17 +2416,21 @@ mod tests {
             }
         });
         let mut c = TcpStream::connect(("127.0.0.1", gw_port)).await.unwrap();
-        exchange(
-            &mut c,
-            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-        )
-        .await;
-        exchange(
-            &mut c,
-            b"PUT /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
-        )
-        .await;
-        exchange(&mut c, b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        local
+            .run_until(async {
+                exchange(
+                    &mut c,
+                    b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                )
+                .await;
+                exchange(
+                    &mut c,
+                    b"PUT /cl HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+                )
+                .await;
+                exchange(&mut c, b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            })
+            .await;
         let r0 = String::from_utf8(up.request(0)).unwrap();
         assert!(r0.starts_with("POST /up HTTP/1.1\r\nhost: x\r\n"), "{r0}");
         assert!(
@@ -2520,20 +2531,14 @@ JUnMMlmUK4su0rnMo6OJMjMT3ywfOouG8yQn+V4MN4jK3biVMiWvvKFF
         assert!(matches!(get(&t).await, Err(UpstreamError::Tls(_))));
     }
 
+    /// A response body may end on another thread (see the next test). The `send` future is not
+    /// `Send`: a streamed request body reads from its client connection, which lives on the
+    /// worker's one thread.
     #[test]
     fn types_are_send() {
-        fn is_send<T: Send>(_: &T) {}
         fn is_send_sync<T: Send + Sync>() {}
         is_send_sync::<UpstreamBody>();
         is_send_sync::<UpstreamError>();
-        let h = HeaderMap::new();
-        let t = Target {
-            host: "127.0.0.1",
-            port: 1,
-            tls: None,
-        };
-        let f = send(&t, get_root(&h), T, T);
-        is_send(&f);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
+use crate::server::h1::ClientBody;
 use arc_swap::ArcSwap;
 use body::ChunkFilter;
 use body::{DropHook, GwBody};
@@ -20,7 +21,6 @@ use bytes::Bytes;
 use h1client::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use observe::{Exchange, NodeRef};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -109,7 +109,7 @@ fn framing_error(h: &HeaderMap) -> Option<&'static str> {
     None
 }
 
-fn host_of(req: &Request<Incoming>) -> String {
+fn host_of(req: &Request<ClientBody>) -> String {
     let raw = req
         .headers()
         .get(header::HOST)
@@ -161,7 +161,7 @@ struct Outgoing {
 
 pub async fn handle(
     shared: Rc<Shared>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     peer: SocketAddr,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
@@ -434,7 +434,7 @@ pub async fn handle(
 fn capture_for_loggers(
     ex: &mut Exchange,
     l: &Arc<loggers::RouteLoggers>,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     client: SocketAddr,
 ) {
     ex.logs = Some(loggers::LogCapture::new(l, req, client));
@@ -446,12 +446,12 @@ fn capture_for_loggers(
 /// The request body: streamed to the upstream, or read whole because a plugin asked for it (the
 /// bytes then live in the plugin view, where plugins may replace them).
 enum ReqBody {
-    Stream(Incoming),
+    Stream(ClientBody),
     Buffered,
 }
 
 /// Read a whole request body for plugins that need it: at most 1 MiB (413), 30 s idle (408).
-async fn read_body(incoming: Incoming) -> Result<Bytes, Response<GwBody>> {
+async fn read_body(incoming: ClientBody) -> Result<Bytes, Response<GwBody>> {
     use http_body_util::BodyExt;
     let limited = http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY);
     match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {

@@ -4,11 +4,12 @@
 //! every wake-up (~900 instructions per proxied request). Here a connection registers its task's
 //! waker once and checks a flag; `start` wakes them all.
 
+use super::h1::Conn;
 use super::idle::IdleTimer;
-use hyper_util::server::graceful::GracefulConnection;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
+use std::future::Future;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use tokio::sync::Notify;
@@ -57,19 +58,14 @@ impl Drain {
 
     /// Serve `conn` to its end, or until `idle` says it idled out (then it is dropped: closed);
     /// once `start` is called it finishes the request in flight and closes.
-    pub async fn serve<C: GracefulConnection>(
-        &self,
-        admitted: Admitted,
-        conn: C,
-        mut idle: IdleTimer,
-    ) -> Result<(), C::Error> {
+    pub async fn serve(&self, admitted: Admitted, conn: Conn, mut idle: IdleTimer) {
         let (inner, id) = (&self.0, admitted.1);
         let mut conn = std::pin::pin!(conn);
         let (mut registered, mut told) = (false, false);
-        let res = poll_fn(|cx| {
+        poll_fn(|cx| {
             if !told {
                 if inner.started.get() {
-                    conn.as_mut().graceful_shutdown();
+                    conn.graceful_shutdown();
                     told = true;
                 } else if !registered {
                     // A spawned task's waker stays the same for its whole life: register once.
@@ -78,13 +74,12 @@ impl Drain {
                 }
             }
             if idle.poll_idle(cx).is_ready() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(());
             }
             conn.as_mut().poll(cx)
         })
         .await;
         drop(admitted);
-        res
     }
 
     /// Tell every open connection to finish its request in flight and close.

@@ -2,21 +2,20 @@
 //! with the edge limits of DESIGN §7 and a graceful drain.
 mod drain;
 pub mod edge;
+pub mod h1;
 mod idle;
 
 use crate::accesslog::Capture;
 use crate::metrics::shm::{G_INFLIGHT, G_REQUESTS};
 use crate::proxy::{self, body::GwBody, observe, Shared};
 use crate::rawtcp::RawTcp;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
+use h1::ClientBody;
+use hyper::server::conn::http2;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioTimer;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -73,7 +72,7 @@ pub fn bind(addr: SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpList
 
 /// Executor for hyper's HTTP/2 streams: tasks stay on this worker's single thread.
 #[derive(Clone, Copy)]
-struct LocalExec;
+pub struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where
@@ -84,18 +83,9 @@ where
     }
 }
 
-fn builder(limits: &Limits) -> auto::Builder<LocalExec> {
-    let mut b = auto::Builder::new(LocalExec);
-    b.http1()
-        .timer(TokioTimer::new())
-        // Off: the keep-alive idle timeout is `idle::IdleTimer`, the slow-head one (408 from the
-        // first byte of a head) `edge::EdgeIo`'s.
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_head_bytes.max(8192))
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
+    let mut b = http2::Builder::new(LocalExec);
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(100)
         .initial_stream_window_size(64 * 1024)
         .initial_connection_window_size(1024 * 1024)
@@ -119,7 +109,7 @@ pub async fn serve(
     shutdown: impl Future<Output = bool>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let builder = builder(&limits);
+    let h2 = Rc::new(h2_builder(&limits));
     let head_limits = edge::HeadLimits {
         max_line: limits.max_line_bytes,
         max_head: limits.max_head_bytes,
@@ -163,7 +153,7 @@ pub async fn serve(
                 let max_req = limits.keepalive_requests;
                 let act = Rc::new(idle::Activity::default());
                 let conn_act = act.clone();
-                let svc = service_fn(move |req: Request<Incoming>| {
+                let svc = Rc::new(move |req: Request<ClientBody>| {
                     let shared = shared.clone();
                     let in_flight = act.request();
                     let close = act.requests() >= max_req;
@@ -186,14 +176,15 @@ pub async fn serve(
                         if close {
                             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
-                        Ok::<_, Infallible>(observe::meter(&obs, resp, ex, capture))
+                        observe::meter(&obs, resp, ex, capture)
                     }
                 });
-                let conn = builder.serve_connection(TokioIo::new(edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone())), svc).into_owned();
+                let io = edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone());
+                let conn = h1::Conn::new(io, svc, h2.clone(), limits.max_headers);
                 let drain_set = drain_set.clone();
                 let per_ip = per_ip.clone();
                 tokio::task::spawn_local(async move {
-                    let _ = drain_set.serve(admitted, conn, idle::IdleTimer::new(conn_act, keepalive_idle)).await;
+                    drain_set.serve(admitted, conn, idle::IdleTimer::new(conn_act, keepalive_idle)).await;
                     conn_obs.conn_closed();
                     let mut m = per_ip.borrow_mut();
                     if let Some(n) = m.get_mut(&ip) {

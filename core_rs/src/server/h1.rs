@@ -1,0 +1,880 @@
+//! The gateway's own HTTP/1.1 server connection (HTTP/2 prior-knowledge connections are handed to
+//! hyper).
+//!
+//! Why not hyper's: its dispatcher, its buffered writer and the moves of its message types were
+//! most of the user-space difference to nginx on a proxied request. Here one task reads a head,
+//! calls the service in place (no channel, no move of its future), writes the response head with
+//! the first body frame in one `writev`, and streams the rest. The framing rules hyper was lenient
+//! about are enforced in front of the parser by [`EdgeIo`] (see `edge.rs`): this parser only has
+//! to turn what it lets through (or the junk it injects) into requests and 400/431 answers.
+//!
+//! The connection and the body of its current request share the socket and the read buffer
+//! (`Rc<Shared>`): the service reads the body while the connection task awaits it, and nothing
+//! holds a borrow across an await.
+use super::edge::EdgeIo;
+use super::LocalExec;
+use crate::proxy::body::{BoxError, GwBody};
+use crate::proxy::h1client::{chunk_header, has_close_token, parse_cl_value, ChunkDecoder};
+use crate::rawtcp::RawTcp;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::cell::{Cell, RefCell};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+type Io = EdgeIo<RawTcp>;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Socket reads ask for at least this much room ...
+const READ_CHUNK: usize = 8 * 1024;
+/// ... and reuse the spare capacity of the buffer when at least this much is left.
+const MIN_READ: usize = 1024;
+/// Header slots on the stack: `Limits::max_headers` is capped at this.
+const MAX_HEADERS: usize = 128;
+/// A body the service left unread is skipped if it is already buffered; otherwise the
+/// connection closes (as hyper and nginx do).
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// The request body of an HTTP/1.1 or an HTTP/2 request.
+pub enum ClientBody {
+    H1(H1Body),
+    H2(Incoming),
+}
+
+/// Reads the current request's body from its connection.
+pub struct H1Body {
+    conn: Rc<Shared>,
+    /// The request this body belongs to: a body kept past its request reads nothing more.
+    seq: u64,
+}
+
+/// What a connection and its current request body share.
+struct Shared {
+    st: RefCell<IoState>,
+    /// The worker is draining: finish the request in flight, then close.
+    closing: Cell<bool>,
+}
+
+struct IoState {
+    io: Io,
+    rbuf: BytesMut,
+    seq: u64,
+    body: InBody,
+    /// Bytes of the `100 Continue` written so far, while the client waits for it.
+    cont: Option<usize>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InBody {
+    Length(u64),
+    Chunked(ChunkDecoder),
+    Done,
+    Failed,
+}
+
+fn poll_read_buf(io: &mut Io, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
+    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+    let n = rb.filled().len();
+    // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
+impl IoState {
+    /// Write the `100 Continue` the client waits for before it sends the body.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(done) = self.cont {
+            if done == CONTINUE.len() {
+                self.cont = None;
+                break;
+            }
+            let k = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[done..]))?;
+            if k == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.cont = Some(done + k);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Take the next piece of the body out of the read buffer, if there is one.
+    fn next_data(&mut self) -> Option<Result<Option<Bytes>, &'static str>> {
+        match &mut self.body {
+            InBody::Done => Some(Ok(None)),
+            InBody::Failed => Some(Err("the request body failed earlier")),
+            InBody::Length(rem) => {
+                if self.rbuf.is_empty() {
+                    return None;
+                }
+                let take = (*rem).min(self.rbuf.len() as u64);
+                let data = self.rbuf.split_to(take as usize).freeze();
+                *rem -= take;
+                if *rem == 0 {
+                    self.body = InBody::Done;
+                }
+                Some(Ok(Some(data)))
+            }
+            InBody::Chunked(dec) => match dec.decode(&mut self.rbuf) {
+                Ok(Some(data)) => {
+                    if dec.is_done() {
+                        self.body = InBody::Done;
+                    }
+                    Some(Ok(Some(data)))
+                }
+                Ok(None) if dec.is_done() => {
+                    self.body = InBody::Done;
+                    Some(Ok(None))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    self.body = InBody::Failed;
+                    Some(Err(e))
+                }
+            },
+        }
+    }
+
+    /// Skip what is left of the request body if it is all buffered; false if it is not.
+    fn skip_body(&mut self) -> bool {
+        loop {
+            match self.next_data() {
+                Some(Ok(Some(_))) => {}
+                Some(Ok(None)) => return true,
+                Some(Err(_)) | None => return false,
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut st = self.conn.st.borrow_mut();
+        if st.seq != self.seq {
+            return Poll::Ready(Some(Err("request body read after its request".into())));
+        }
+        loop {
+            match st.next_data() {
+                Some(Ok(Some(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                Some(Ok(None)) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => {}
+            }
+            let st = &mut *st;
+            let read = match st.poll_continue(cx) {
+                Poll::Ready(Ok(())) => ready!(poll_read_buf(&mut st.io, cx, &mut st.rbuf)),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => return Poll::Pending,
+            };
+            match read {
+                Ok(0) => {
+                    st.body = InBody::Failed;
+                    return Poll::Ready(Some(Err(
+                        "client closed the connection before the end of the body".into(),
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    st.body = InBody::Failed;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn
+            .st
+            .try_borrow()
+            .is_ok_and(|st| st.seq != self.seq || st.body == InBody::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.conn.st.try_borrow().map(|st| (st.seq, st.body)) {
+            Ok((seq, InBody::Length(n))) if seq == self.seq => SizeHint::with_exact(n),
+            Ok((seq, InBody::Done)) if seq == self.seq => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request head
+// ---------------------------------------------------------------------------------------------
+
+/// A parsed request head and what the connection needs to know about it.
+struct Head {
+    parts: http::request::Parts,
+    body: InBody,
+    expect_continue: bool,
+    keep_alive: bool,
+}
+
+enum Next {
+    Request(Box<Head>),
+    /// The client speaks HTTP/2 (prior knowledge): the buffered bytes start with its preface.
+    H2,
+    /// A head that cannot be served: answer with this status and close.
+    Bad(StatusCode),
+    /// EOF, a read error, or the worker is draining and no request has started.
+    Close,
+}
+
+/// A header as offsets into the head (names are built while parsing, values after the head is
+/// split off the buffer).
+type HeaderAt = (HeaderName, usize, usize);
+
+fn offset(base: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - base.as_ptr() as usize
+}
+
+/// Parse one complete head out of `buf`, if it holds one.
+fn parse_head(
+    buf: &mut BytesMut,
+    max_headers: usize,
+    found: &mut Vec<HeaderAt>,
+    first: bool,
+) -> Option<Next> {
+    if first && buf.first() == Some(&b'P') {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] == H2_PREFACE[..n] {
+            return (n == H2_PREFACE.len()).then_some(Next::H2);
+        }
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots[..max_headers.min(MAX_HEADERS)]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return None,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Some(Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
+        }
+        Err(httparse::Error::Version) => {
+            return Some(Next::Bad(StatusCode::HTTP_VERSION_NOT_SUPPORTED))
+        }
+        Err(_) => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+    };
+    let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else {
+        return Some(Next::Bad(StatusCode::BAD_REQUEST));
+    };
+    let version = if req.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let path = req.path.unwrap_or("");
+    let path_at = (offset(buf, path.as_bytes()), path.len());
+    let mut body = InBody::Length(0);
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut expect_continue = false;
+    found.clear();
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Some(Next::Bad(StatusCode::BAD_REQUEST));
+        };
+        let v = h.value;
+        // Framing errors (CL + TE, duplicates, codings other than chunked) never get here:
+        // `EdgeIo` cut them off; the proxy checks the map once more.
+        if name == header::CONTENT_LENGTH {
+            match parse_cl_value(v) {
+                Some(n) if body == InBody::Length(0) => body = InBody::Length(n),
+                _ => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            body = InBody::Chunked(ChunkDecoder::default());
+        } else if name == header::CONNECTION {
+            if has_close_token(v) {
+                keep_alive = false;
+            } else if version == Version::HTTP_10 && has_token(v, b"keep-alive") {
+                keep_alive = true;
+            }
+        } else if name == header::EXPECT {
+            expect_continue = v.eq_ignore_ascii_case(b"100-continue");
+        }
+        found.push((name, offset(buf, v), v.len()));
+    }
+    if body == InBody::Length(0) {
+        body = InBody::Done;
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = match Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1)) {
+        Ok(u) => u,
+        Err(_) if path_at.1 >= u16::MAX as usize - 1 => {
+            return Some(Next::Bad(StatusCode::URI_TOO_LONG))
+        }
+        Err(_) => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+    };
+    let mut headers = HeaderMap::with_capacity(found.len());
+    for (name, at, n) in found.drain(..) {
+        // SAFETY: httparse accepted the value: no control bytes but HTAB, as HeaderValue requires.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at..at + n)) };
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Some(Next::Request(Box::new(Head {
+        parts,
+        body,
+        expect_continue,
+        keep_alive,
+    })))
+}
+
+fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+impl Shared {
+    fn poll_next(
+        &self,
+        cx: &mut Context<'_>,
+        max_headers: usize,
+        found: &mut Vec<HeaderAt>,
+    ) -> Poll<Next> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        let first = st.seq == 0;
+        loop {
+            if !st.rbuf.is_empty() {
+                if let Some(next) = parse_head(&mut st.rbuf, max_headers, found, first) {
+                    return Poll::Ready(next);
+                }
+            } else if self.closing.get() {
+                return Poll::Ready(Next::Close);
+            }
+            match ready!(poll_read_buf(&mut st.io, cx, &mut st.rbuf)) {
+                Ok(0) | Err(_) => return Poll::Ready(Next::Close),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn write_all(&self, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+        IoSlice::advance_slices(&mut bufs, 0);
+        while !bufs.is_empty() {
+            let n = poll_fn(|cx| {
+                let mut st = self.st.borrow_mut();
+                Pin::new(&mut st.io).poll_write_vectored(cx, bufs)
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+        Ok(())
+    }
+
+    /// FIN, then read and discard what the client still sends for a while (`EdgeIo` lingers).
+    async fn close(&self) {
+        let _ = poll_fn(|cx| Pin::new(&mut self.st.borrow_mut().io).poll_shutdown(cx)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+// ---------------------------------------------------------------------------------------------
+
+/// How the response body goes on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (an HTTP/1.0 client and a body of unknown length).
+    Close,
+}
+
+/// `date: <IMF-fixdate>\r\n`, made once a second.
+fn date_line(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = crate::clock::wall();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            let s = httpdate::fmt_http_date(now);
+            if s.len() == 29 {
+                d.1.copy_from_slice(s.as_bytes());
+            }
+            d.0 = secs;
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&d.1);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Encode the response head into `out`; returns the body framing and whether the connection
+/// stays open after this response.
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    body: &GwBody,
+    head_request: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> (Framing, bool) {
+    let status = parts.status;
+    status_line(out, status);
+    let mut given_len = None;
+    let mut has_date = false;
+    let mut has_connection = false;
+    for (name, value) in parts.headers.iter() {
+        if *name == header::CONTENT_LENGTH {
+            given_len = parse_cl_value(value.as_bytes());
+            continue;
+        }
+        if *name == header::TRANSFER_ENCODING {
+            continue; // the framing is chosen below
+        }
+        if *name == header::CONNECTION {
+            has_connection = true;
+            if has_close_token(value.as_bytes()) {
+                keep_alive = false;
+            }
+        } else if *name == header::DATE {
+            has_date = true;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let exact = body.size_hint().exact();
+    let framing = if bodiless || head_request {
+        // A HEAD response (or a 304) says what a GET would have carried.
+        if !bodiless || status == StatusCode::NOT_MODIFIED {
+            if let Some(n) = given_len.or(exact.filter(|&n| n > 0 || head_request)) {
+                content_length(out, n);
+            }
+        }
+        Framing::None
+    } else if let Some(n) = exact.or(given_len) {
+        content_length(out, n);
+        Framing::Length(n)
+    } else if version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Close
+    };
+    if !has_date {
+        date_line(out);
+    }
+    if !has_connection {
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, keep_alive)
+}
+
+fn content_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn bad_request_response(status: StatusCode) -> Vec<u8> {
+    let msg = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HTTP version not supported",
+        StatusCode::URI_TOO_LONG => "request URI too long",
+        _ => "malformed request",
+    };
+    let body = format!("{{\"error_msg\":\"{msg}\"}}");
+    let mut out = Vec::with_capacity(160 + body.len());
+    status_line(&mut out, status);
+    out.extend_from_slice(b"content-type: application/json\r\n");
+    content_length(&mut out, body.len() as u64);
+    date_line(&mut out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Write a response; true if the connection can carry another request.
+async fn write_response(
+    conn: &Shared,
+    resp: Response<GwBody>,
+    wbuf: &mut Vec<u8>,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+) -> bool {
+    let (parts, mut body) = resp.into_parts();
+    wbuf.clear();
+    let (framing, keep_alive) = encode_head(wbuf, &parts, &body, head_request, version, keep_alive);
+    drop(parts);
+    if framing == Framing::None {
+        return conn.write_all(&mut [IoSlice::new(wbuf)]).await.is_ok() && keep_alive;
+    }
+    let mut remaining = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut head: &[u8] = wbuf;
+    loop {
+        // The head waits for the first frame (one write for both) unless that frame is not ready.
+        let polled = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !head.is_empty() {
+                    if conn.write_all(&mut [IoSlice::new(head)]).await.is_err() {
+                        return false;
+                    }
+                    head = &[];
+                }
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let frame = match frame {
+            None => break,
+            Some(Err(_)) => return false, // cut short: the client sees an incomplete body
+            Some(Ok(f)) => f,
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                    let mut t = Vec::with_capacity(64);
+                    t.extend_from_slice(b"0\r\n");
+                    for (name, value) in trailers.iter() {
+                        t.extend_from_slice(name.as_str().as_bytes());
+                        t.extend_from_slice(b": ");
+                        t.extend_from_slice(value.as_bytes());
+                        t.extend_from_slice(b"\r\n");
+                    }
+                    t.extend_from_slice(b"\r\n");
+                    let ok = conn
+                        .write_all(&mut [IoSlice::new(head), IoSlice::new(&t)])
+                        .await
+                        .is_ok();
+                    return ok && keep_alive;
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let written = match framing {
+            Framing::Chunked => {
+                let mut hdr = [0u8; 18];
+                let hl = chunk_header(&mut hdr, data.len());
+                let end: &[u8] = if body.is_end_stream() {
+                    b"\r\n0\r\n\r\n"
+                } else {
+                    b"\r\n"
+                };
+                let ok = conn
+                    .write_all(&mut [
+                        IoSlice::new(head),
+                        IoSlice::new(&hdr[..hl]),
+                        IoSlice::new(&data),
+                        IoSlice::new(end),
+                    ])
+                    .await;
+                if end.len() > 2 && ok.is_ok() {
+                    return keep_alive;
+                }
+                ok
+            }
+            _ => {
+                if data.len() as u64 > remaining {
+                    return false; // longer than its content-length: cut the connection
+                }
+                remaining -= data.len() as u64;
+                conn.write_all(&mut [IoSlice::new(head), IoSlice::new(&data)])
+                    .await
+            }
+        };
+        if written.is_err() {
+            return false;
+        }
+        head = &[];
+        if remaining == 0 {
+            break;
+        }
+    }
+    match framing {
+        Framing::Chunked => {
+            conn.write_all(&mut [IoSlice::new(head), IoSlice::new(b"0\r\n\r\n")])
+                .await
+                .is_ok()
+                && keep_alive
+        }
+        Framing::Length(_) => {
+            if remaining != 0 {
+                return false; // shorter than its content-length
+            }
+            (head.is_empty() || conn.write_all(&mut [IoSlice::new(head)]).await.is_ok())
+                && keep_alive
+        }
+        _ => {
+            let _ = conn.write_all(&mut [IoSlice::new(head)]).await;
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection
+// ---------------------------------------------------------------------------------------------
+
+/// One client connection: HTTP/1.1 served here, HTTP/2 handed to hyper.
+pub struct Conn {
+    shared: Rc<Shared>,
+    fut: Pin<Box<dyn Future<Output = ()>>>,
+}
+
+impl Conn {
+    pub fn new<S, F>(
+        io: Io,
+        svc: Rc<S>,
+        h2: Rc<http2::Builder<LocalExec>>,
+        max_headers: usize,
+    ) -> Conn
+    where
+        S: Fn(Request<ClientBody>) -> F + 'static,
+        F: Future<Output = Response<GwBody>> + 'static,
+    {
+        let shared = Rc::new(Shared {
+            st: RefCell::new(IoState {
+                io,
+                rbuf: BytesMut::with_capacity(READ_CHUNK),
+                seq: 0,
+                body: InBody::Done,
+                cont: None,
+            }),
+            closing: Cell::new(false),
+        });
+        let fut = Box::pin(serve(shared.clone(), svc, h2, max_headers));
+        Conn { shared, fut }
+    }
+
+    /// Finish the request in flight (if any) and close.
+    pub fn graceful_shutdown(&self) {
+        self.shared.closing.set(true);
+    }
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().fut.as_mut().poll(cx)
+    }
+}
+
+async fn serve<S, F>(
+    conn: Rc<Shared>,
+    svc: Rc<S>,
+    h2: Rc<http2::Builder<LocalExec>>,
+    max_headers: usize,
+) where
+    S: Fn(Request<ClientBody>) -> F + 'static,
+    F: Future<Output = Response<GwBody>> + 'static,
+{
+    let mut found: Vec<HeaderAt> = Vec::new();
+    let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let head = match poll_fn(|cx| conn.poll_next(cx, max_headers, &mut found)).await {
+            Next::Request(h) => h,
+            Next::H2 => return serve_h2(conn, svc, h2).await,
+            Next::Bad(status) => {
+                let _ = conn
+                    .write_all(&mut [IoSlice::new(&bad_request_response(status))])
+                    .await;
+                break;
+            }
+            Next::Close => break,
+        };
+        let Head {
+            parts,
+            body,
+            expect_continue,
+            keep_alive,
+        } = *head;
+        let seq = {
+            let mut st = conn.st.borrow_mut();
+            st.seq += 1;
+            st.body = body;
+            st.cont = (expect_continue && body != InBody::Done).then_some(0);
+            st.seq
+        };
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let req = Request::from_parts(
+            parts,
+            ClientBody::H1(H1Body {
+                conn: conn.clone(),
+                seq,
+            }),
+        );
+        let resp = svc(req).await;
+        let keep = write_response(&conn, resp, &mut wbuf, head_request, version, keep_alive).await;
+        if !keep || conn.closing.get() {
+            break;
+        }
+        let mut st = conn.st.borrow_mut();
+        // A body the client was asked to send but not yet told to: it will not come.
+        if st.cont == Some(0) || !st.skip_body() {
+            break;
+        }
+        st.cont = None;
+    }
+    conn.close().await;
+}
+
+/// The client socket for hyper's HTTP/2 server: the bytes already read come first.
+struct SharedIo(Rc<Shared>);
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.0.st.borrow_mut();
+        if !st.rbuf.is_empty() {
+            let k = st.rbuf.len().min(buf.remaining());
+            buf.put_slice(&st.rbuf[..k]);
+            st.rbuf.advance(k);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut st.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0.st.borrow_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0.st.borrow_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.st.borrow_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0.st.borrow_mut().io).poll_shutdown(cx)
+    }
+}
+
+async fn serve_h2<S, F>(conn: Rc<Shared>, svc: Rc<S>, h2: Rc<http2::Builder<LocalExec>>)
+where
+    S: Fn(Request<ClientBody>) -> F + 'static,
+    F: Future<Output = Response<GwBody>> + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let f = svc(req.map(ClientBody::H2));
+        async move { Ok::<_, Infallible>(f.await) }
+    });
+    let mut h2conn =
+        std::pin::pin!(h2.serve_connection(TokioIo::new(SharedIo(conn.clone())), service));
+    let mut told = false;
+    let _ = poll_fn(|cx| {
+        if conn.closing.get() && !told {
+            h2conn.as_mut().graceful_shutdown();
+            told = true;
+        }
+        h2conn.as_mut().poll(cx)
+    })
+    .await;
+}
