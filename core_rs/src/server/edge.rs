@@ -1,4 +1,4 @@
-//! A cheap pre-parser in front of hyper's HTTP/1 parser for the framing rules hyper/httparse are
+//! A cheap pre-parser in front of the HTTP/1 parser (`h1.rs`, httparse) for the framing rules httparse is
 //! lenient about (DESIGN §7): bare LF line endings, obs-fold, CL+TE, duplicate or malformed
 //! Content-Length, Transfer-Encoding other than `chunked`, bad chunk sizes, 8 KiB header lines,
 //! 32 KiB heads, and a header read timeout that answers 408 instead of closing silently.
@@ -10,9 +10,9 @@
 //! for CR/LF eight bytes at a time; only header names and the values of Content-Length and
 //! Transfer-Encoding are looked at byte by byte. Nothing is copied or buffered.
 //!
-//! When a message breaks a rule, hyper is handed the bytes before the offending one plus a short
+//! When a message breaks a rule, the parser is handed the bytes before the offending one plus a short
 //! injected tail that its own parser must reject (a NUL → 400, or a header flood → 431), then EOF.
-//! hyper therefore answers in order (after any pipelined requests before the bad one), closes the
+//! The server therefore answers in order (after any pipelined requests before the bad one), closes the
 //! connection, and never dispatches the bad request: the upstream never sees it. If the offending
 //! byte is in a chunked body whose head is still undelivered, the cut moves back into that head.
 //! HTTP/2 prior-knowledge connections (the 24-byte preface) are not scanned.
@@ -39,7 +39,7 @@ pub struct HeadLimits {
     pub max_line: usize,
     /// Longest request head (request line + header lines + empty line).
     pub max_head: usize,
-    /// hyper's header count cap: the 431 injection must exceed it.
+    /// The parser's header count cap: the 431 injection must exceed it.
     pub max_headers: usize,
     /// From the first byte of a head that did not arrive in one read until the head is complete.
     pub timeout: Duration,
@@ -78,19 +78,19 @@ enum Hdr {
     TransferEncoding,
 }
 
-/// What hyper must be made to answer.
+/// What the HTTP/1 server must be made to answer.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Reject {
-    /// NUL (+ CRLFCRLF) injected: httparse fails on the NUL wherever it lands → hyper answers 400.
+    /// NUL (+ CRLFCRLF) injected: httparse fails on the NUL wherever it lands → 400.
     BadRequest,
-    /// More headers than `max_headers` injected → hyper answers 431. `tail` completes the current
+    /// More headers than `max_headers` injected → 431. `tail` completes the current
     /// line first (":\r\n" inside a name, "\r\n" inside a value, "" at a line start).
     TooLarge { tail: &'static [u8] },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Bad {
-    /// Bytes of the scanned slice that hyper may still get.
+    /// Bytes of the scanned slice that the parser may still get.
     pub cut: usize,
     pub reject: Reject,
 }
@@ -98,7 +98,7 @@ pub struct Bad {
 impl Bad {
     pub fn injection(&self, max_headers: usize) -> Vec<u8> {
         match self.reject {
-            // hyper re-parses a partial head only once an end-of-head marker arrived.
+            // The CRLFCRLF completes a head: a parser that waits for the end of the head sees it.
             Reject::BadRequest => b"\0\r\n\r\n".to_vec(),
             Reject::TooLarge { tail } => {
                 let mut v = Vec::with_capacity(tail.len() + 4 * (max_headers + 1));
@@ -231,7 +231,7 @@ impl Scanner {
         }
     }
 
-    /// A framing error in a body or trailer: if this message's head has not reached hyper yet,
+    /// A framing error in a body or trailer: if this message's head has not reached the parser yet,
     /// cut inside the head (at its terminating empty line) so the request is never dispatched.
     fn bad_body(&self, i: usize) -> Bad {
         let cut = if self.head_end >= self.pos {
@@ -364,7 +364,7 @@ impl Scanner {
         Ok(())
     }
 
-    /// Scan the next bytes of the stream. On `Err`, the connection is done: hyper gets
+    /// Scan the next bytes of the stream. On `Err`, the connection is done: the parser gets
     /// `data[..cut]` plus the injection, and the scanner is off.
     pub fn scan(&mut self, data: &[u8]) -> Result<(), Bad> {
         let r = self.scan_inner(data);
@@ -576,14 +576,14 @@ impl Scanner {
     }
 }
 
-/// The client socket as hyper sees it: reads pass through [`Scanner`]; writes pass straight through.
+/// The client socket as the HTTP/1 server sees it: reads pass through [`Scanner`]; writes pass straight through.
 pub struct EdgeIo<S> {
     inner: S,
     scan: Scanner,
     limits: HeadLimits,
     /// Bytes of the h2 preface matched so far; > 24 once the connection is known to be HTTP/1.
     preface: usize,
-    /// Injected bytes not yet handed to hyper, and how many were.
+    /// Injected bytes not yet handed to the parser, and how many were.
     inject: Option<(Vec<u8>, usize)>,
     /// Reads return EOF from now on (after any injection).
     eof: bool,
@@ -630,7 +630,7 @@ impl<S> EdgeIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> EdgeIo<S> {
-    /// Write the 408, then report EOF: hyper drops the half-read head and closes.
+    /// Write the 408, then report EOF: the server drops the half-read head and closes.
     fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut done = self.timed_out.unwrap_or(0);
         while done < TIMEOUT_RESPONSE.len() {
@@ -914,7 +914,7 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(c)
             );
-            // Never a complete head before the cut: hyper cannot dispatch the request.
+            // Never a complete head before the cut: the server cannot dispatch the request.
             assert!(
                 !c[..b.cut].windows(4).any(|w| w == b"\r\n\r\n"),
                 "{}",

@@ -42,8 +42,9 @@ const READ_CHUNK: usize = 8 * 1024;
 const MIN_READ: usize = 1024;
 /// Header slots on the stack: `Limits::max_headers` is capped at this.
 const MAX_HEADERS: usize = 128;
-/// A body the service left unread is skipped if it is already buffered; otherwise the
-/// connection closes (as hyper and nginx do).
+/// A head still incomplete at this size is refused (431). `EdgeIo` refuses heads over the
+/// configured limit long before; this only bounds the buffer.
+const MAX_BUFFERED_HEAD: usize = 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The request body of an HTTP/1.1 or an HTTP/2 request.
@@ -394,6 +395,9 @@ impl Shared {
                 if let Some(next) = parse_head(&mut st.rbuf, max_headers, found, first) {
                     return Poll::Ready(next);
                 }
+                if st.rbuf.len() > MAX_BUFFERED_HEAD {
+                    return Poll::Ready(Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+                }
             } else if self.closing.get() {
                 return Poll::Ready(Next::Close);
             }
@@ -402,6 +406,37 @@ impl Shared {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Run the service, but give up when the client closes the connection meanwhile.
+    async fn run_watched<F: Future>(&self, mut call: Pin<&mut F>) -> Option<F::Output> {
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = call.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if self.poll_client_gone(cx) {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Whether the client closed its side. Looked at only while nothing is buffered (as hyper
+    /// does): a pipelined request waits in the buffer, and reading stops there. With nothing new
+    /// on the socket this costs no system call (the readiness flag is clear).
+    fn poll_client_gone(&self, cx: &mut Context<'_>) -> bool {
+        let Ok(mut st) = self.st.try_borrow_mut() else {
+            return false;
+        };
+        let st = &mut *st;
+        if !st.rbuf.is_empty() {
+            return false;
+        }
+        matches!(
+            poll_read_buf(&mut st.io, cx, &mut st.rbuf),
+            Poll::Ready(Ok(0) | Err(_))
+        )
     }
 
     async fn write_all(&self, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
@@ -792,14 +827,18 @@ async fn serve<S, F>(
                 seq,
             }),
         );
-        let resp = svc(req).await;
+        let call = std::pin::pin!(svc(req));
+        let Some(resp) = conn.run_watched(call).await else {
+            break; // the client went away: the request was dropped (upstream call cancelled)
+        };
         let keep = write_response(&conn, resp, &mut wbuf, head_request, version, keep_alive).await;
         if !keep || conn.closing.get() {
             break;
         }
         let mut st = conn.st.borrow_mut();
-        // A body the client was asked to send but not yet told to: it will not come.
-        if st.cont == Some(0) || !st.skip_body() {
+        // What the service left of the body is skipped if it is here; otherwise (a slow upload,
+        // or one still waiting for its `100 Continue`) the connection closes.
+        if !st.skip_body() {
             break;
         }
         st.cont = None;
