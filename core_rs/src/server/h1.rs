@@ -917,3 +917,364 @@ where
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::{ChunkFilter, Filtered};
+    use crate::server::edge::HeadLimits;
+    use crate::server::idle::Activity;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Passes chunks through; hides the length, so the response is chunked.
+    struct Same;
+    impl ChunkFilter for Same {
+        fn filter(&mut self, chunk: Bytes, _eof: bool) -> Result<Bytes, BoxError> {
+            Ok(chunk)
+        }
+    }
+
+    /// Drops set the flag: shows that an abandoned request's future was dropped.
+    struct Dropped(Rc<Cell<bool>>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.set(true);
+        }
+    }
+
+    /// Answers `<method> <uri> <body>`; `/stream` without a length, `/hang` never (it flags its
+    /// drop), `/unread` without reading the body.
+    async fn service(req: Request<ClientBody>, dropped: Rc<Cell<bool>>) -> Response<GwBody> {
+        let path = req.uri().path().to_string();
+        if path == "/hang" {
+            let _guard = Dropped(dropped);
+            std::future::pending::<()>().await;
+        }
+        let (parts, body) = req.into_parts();
+        let body = if path == "/unread" {
+            Bytes::new()
+        } else {
+            match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => Bytes::from(format!("body error: {e}")),
+            }
+        };
+        let text = format!(
+            "{} {} {}",
+            parts.method,
+            parts.uri,
+            String::from_utf8_lossy(&body)
+        );
+        let mut body = GwBody::full(text);
+        if path == "/stream" {
+            body = GwBody::Filtered(Box::new(Filtered {
+                inner: body,
+                filter: Box::new(Same),
+                done: false,
+            }));
+        }
+        Response::new(body)
+    }
+
+    /// A server on a free port running `Conn` for each connection; returns the port and the flag
+    /// `/hang` sets.
+    async fn server() -> (u16, Rc<Cell<bool>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let dropped = Rc::new(Cell::new(false));
+        let flag = dropped.clone();
+        let limits = HeadLimits {
+            max_line: 8192,
+            max_head: 32768,
+            max_headers: 100,
+            timeout: Duration::from_secs(10),
+        };
+        let h2 = Rc::new(http2::Builder::new(LocalExec));
+        tokio::task::spawn_local(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let io = EdgeIo::new(RawTcp(s), limits, Rc::new(Activity::default()));
+                let d = dropped.clone();
+                let svc = Rc::new(move |req| service(req, d.clone()));
+                tokio::task::spawn_local(Conn::new(io, svc, h2.clone(), 100));
+            }
+        });
+        (port, flag)
+    }
+
+    /// Read until `want` responses ended (by their content-length, or a chunked body's end) or
+    /// the connection closed; returns all bytes read.
+    async fn read_responses(c: &mut TcpStream, want: usize) -> String {
+        let mut buf = Vec::new();
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if complete_responses(&text) >= want {
+                return text;
+            }
+            let mut tmp = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut tmp))
+                .await
+                .expect("response in time")
+                .unwrap();
+            if n == 0 {
+                return text;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    fn complete_responses(mut s: &str) -> usize {
+        let mut n = 0;
+        while let Some(end) = s.find("\r\n\r\n") {
+            let head = s[..end].to_ascii_lowercase();
+            let rest = &s[end + 4..];
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.parse::<usize>().unwrap());
+            let used = if head.starts_with("http/1.1 100") {
+                0
+            } else if let Some(len) = len {
+                if head.starts_with("http/1.1 204") || rest.len() < len {
+                    return n + usize::from(rest.len() >= len);
+                }
+                len
+            } else if head.contains("transfer-encoding: chunked") {
+                match rest.find("\r\n0\r\n\r\n") {
+                    Some(i) => i + 7,
+                    None => return n,
+                }
+            } else {
+                0
+            };
+            n += usize::from(!head.starts_with("http/1.1 100"));
+            s = &rest[used..];
+        }
+        n
+    }
+
+    async fn exchange(port: u16, req: &[u8], want: usize) -> (String, bool) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        c.write_all(req).await.unwrap();
+        let text = read_responses(&mut c, want).await;
+        // Closed by the server? (a read returns EOF quickly, or times out: still open)
+        let mut tmp = [0u8; 16];
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_millis(300), c.read(&mut tmp)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        );
+        (text, closed)
+    }
+
+    fn run(f: impl Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    #[test]
+    fn pipelined_requests_with_bodies_in_order() {
+        run(async {
+            let (port, _) = server().await;
+            let (text, closed) = exchange(
+                port,
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
+                  POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+                  POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+                3,
+            )
+            .await;
+            assert!(!closed, "{text}");
+            let bodies: Vec<&str> = text
+                .split("\r\n\r\n")
+                .skip(1)
+                .map(|s| s.split("HTTP/1.1").next().unwrap())
+                .collect();
+            assert_eq!(
+                bodies,
+                ["GET /a ", "POST /b hello", "POST /c abcde"],
+                "{text}"
+            );
+            assert!(
+                text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 7\r\ndate: "),
+                "{text}"
+            );
+        });
+    }
+
+    #[test]
+    fn unknown_length_is_chunked_for_1_1_and_close_delimited_for_1_0() {
+        run(async {
+            let (port, _) = server().await;
+            let (text, closed) =
+                exchange(port, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n", 1).await;
+            assert!(!closed);
+            assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+            assert!(
+                text.ends_with("\r\n\r\nc\r\nGET /stream \r\n0\r\n\r\n"),
+                "{text}"
+            );
+            let (text, closed) = exchange(port, b"GET /stream HTTP/1.0\r\n\r\n", 1).await;
+            assert!(closed);
+            assert!(text.contains("connection: close\r\n"), "{text}");
+            assert!(!text.contains("chunked"), "{text}");
+            assert!(text.ends_with("\r\n\r\nGET /stream "), "{text}");
+        });
+    }
+
+    #[test]
+    fn http_1_0_keeps_alive_only_when_asked() {
+        run(async {
+            let (port, _) = server().await;
+            let (text, closed) = exchange(port, b"GET /a HTTP/1.0\r\n\r\n", 1).await;
+            assert!(closed && text.contains("connection: close\r\n"), "{text}");
+            let (text, closed) = exchange(
+                port,
+                b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                1,
+            )
+            .await;
+            assert!(
+                !closed && text.contains("connection: keep-alive\r\n"),
+                "{text}"
+            );
+            let (text, closed) =
+                exchange(port, b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n", 1).await;
+            assert!(closed && text.contains("connection: close\r\n"), "{text}");
+        });
+    }
+
+    #[test]
+    fn head_response_has_the_length_but_no_body() {
+        run(async {
+            let (port, _) = server().await;
+            let (text, closed) = exchange(
+                port,
+                b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+                2,
+            )
+            .await;
+            assert!(!closed);
+            let mut parts = text.split("\r\n\r\n");
+            assert!(
+                parts.next().unwrap().contains("content-length: 8"),
+                "{text}"
+            );
+            assert!(
+                parts.next().unwrap().starts_with("HTTP/1.1 200 OK"),
+                "{text}"
+            );
+            assert_eq!(parts.next(), Some("GET /b "), "{text}");
+        });
+    }
+
+    #[test]
+    fn expect_100_continue_is_answered_when_the_body_is_read() {
+        run(async {
+            let (port, _) = server().await;
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+                .await
+                .unwrap();
+            let mut tmp = [0u8; 64];
+            let n = c.read(&mut tmp).await.unwrap();
+            assert_eq!(&tmp[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+            c.write_all(b"data").await.unwrap();
+            let text = read_responses(&mut c, 1).await;
+            assert!(text.ends_with("POST /up data"), "{text}");
+        });
+    }
+
+    #[test]
+    fn unread_body_is_skipped_when_buffered_else_the_connection_closes() {
+        run(async {
+            let (port, _) = server().await;
+            let (text, closed) = exchange(
+                port,
+                b"POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\nHost: x\r\n\r\n",
+                2,
+            )
+            .await;
+            assert!(!closed && text.ends_with("GET /next "), "{text}");
+            // The body never came: the connection cannot be reused.
+            let (text, closed) = exchange(
+                port,
+                b"POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\n\r\nab",
+                1,
+            )
+            .await;
+            assert!(closed && text.ends_with("POST /unread "), "{text}");
+        });
+    }
+
+    #[test]
+    fn bad_heads_get_json_errors_and_close() {
+        run(async {
+            let (port, _) = server().await;
+            for (req, status) in [
+                (
+                    &b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n"[..],
+                    "400 Bad Request",
+                ),
+                (b"GET /a HTTP/3.0\r\n\r\n", "505 HTTP Version Not Supported"),
+                (
+                    b"GET /a HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                    "400 Bad Request",
+                ),
+            ] {
+                let (text, closed) = exchange(port, req, 1).await;
+                assert!(closed, "{text}");
+                assert!(
+                    text.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+                    "{text}"
+                );
+                assert!(text.contains("content-type: application/json"), "{text}");
+                assert!(text.ends_with("\"}"), "{text}");
+            }
+            let many: String = (0..101).map(|i| format!("h{i}: v\r\n")).collect();
+            let req = format!("GET /a HTTP/1.1\r\n{many}\r\n");
+            let (text, closed) = exchange(port, req.as_bytes(), 1).await;
+            assert!(closed && text.starts_with("HTTP/1.1 431 "), "{text}");
+        });
+    }
+
+    #[test]
+    fn client_that_leaves_cancels_its_request() {
+        run(async {
+            let (port, dropped) = server().await;
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!dropped.get());
+            drop(c);
+            for _ in 0..50 {
+                if dropped.get() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the request of a client that left was not dropped");
+        });
+    }
+
+    #[test]
+    fn h2_preface_goes_to_hyper() {
+        run(async {
+            let (port, _) = server().await;
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(H2_PREFACE).await.unwrap();
+            // An empty SETTINGS frame; the server answers with its own SETTINGS (type 4).
+            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut tmp = [0u8; 9];
+            c.read_exact(&mut tmp).await.unwrap();
+            assert_eq!(tmp[3], 4, "{tmp:?}");
+        });
+    }
+}
