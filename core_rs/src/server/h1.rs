@@ -831,6 +831,8 @@ async fn serve<S, F>(
         let Some(resp) = conn.run_watched(call).await else {
             break; // the client went away: the request was dropped (upstream call cancelled)
         };
+        // Draining: this response says so (`connection: close`).
+        let keep_alive = keep_alive && !conn.closing.get();
         let keep = write_response(&conn, resp, &mut wbuf, head_request, version, keep_alive).await;
         if !keep || conn.closing.get() {
             break;
@@ -953,6 +955,9 @@ mod tests {
             let _guard = Dropped(dropped);
             std::future::pending::<()>().await;
         }
+        if path == "/slow" {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let (parts, body) = req.into_parts();
         let body = if path == "/unread" {
             Bytes::new()
@@ -982,6 +987,14 @@ mod tests {
     /// A server on a free port running `Conn` for each connection; returns the port and the flag
     /// `/hang` sets.
     async fn server() -> (u16, Rc<Cell<bool>>) {
+        let (port, dropped, _) = server_with_conns().await;
+        (port, dropped)
+    }
+
+    /// ... and the connections' shared state (to drain them).
+    async fn server_with_conns() -> (u16, Rc<Cell<bool>>, Rc<RefCell<Vec<Rc<Shared>>>>) {
+        let conns: Rc<RefCell<Vec<Rc<Shared>>>> = Rc::default();
+        let seen = conns.clone();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let dropped = Rc::new(Cell::new(false));
@@ -999,10 +1012,12 @@ mod tests {
                 let io = EdgeIo::new(RawTcp(s), limits, Rc::new(Activity::default()));
                 let d = dropped.clone();
                 let svc = Rc::new(move |req| service(req, d.clone()));
-                tokio::task::spawn_local(Conn::new(io, svc, h2.clone(), 100));
+                let conn = Conn::new(io, svc, h2.clone(), 100);
+                seen.borrow_mut().push(conn.shared.clone());
+                tokio::task::spawn_local(conn);
             }
         });
-        (port, flag)
+        (port, flag, conns)
     }
 
     /// Read until `want` responses ended (by their content-length, or a chunked body's end) or
@@ -1261,6 +1276,30 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             panic!("the request of a client that left was not dropped");
+        });
+    }
+
+    #[test]
+    fn draining_finishes_the_request_in_flight_then_closes() {
+        run(async {
+            let (port, _, conns) = server_with_conns().await;
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for conn in conns.borrow().iter() {
+                conn.closing.set(true);
+            }
+            let text = read_responses(&mut c, 1).await;
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+            let mut tmp = [0u8; 8];
+            assert_eq!(
+                c.read(&mut tmp).await.unwrap(),
+                0,
+                "closed after the response"
+            );
         });
     }
 
