@@ -565,10 +565,15 @@ pub(crate) fn chunk_header(out: &mut [u8; 18], n: usize) -> usize {
     len + 2
 }
 
+/// Whether a comma-separated header value (e.g. `Connection`) lists `token`.
+pub(crate) fn has_token(v: &[u8], token: &[u8]) -> bool {
+    v.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// Whether a Connection header value lists `close`.
 pub(crate) fn has_close_token(v: &[u8]) -> bool {
-    v.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    has_token(v, b"close")
 }
 
 /// How the request body is framed on the wire.
@@ -800,14 +805,17 @@ async fn write_stream(
 // Response head
 // ---------------------------------------------------------------------------------------------
 
-/// Read into the spare capacity of `buf`.
-fn poll_read_buf(
-    io: &mut Stream,
+/// Read into the spare capacity of `buf`, first making room for `chunk` bytes when less than
+/// `min` is left (also the client side's reader, `server::h1`).
+pub(crate) fn poll_read_into<R: AsyncRead + Unpin>(
+    io: &mut R,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
+    chunk: usize,
+    min: usize,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < min {
+        buf.reserve(chunk);
     }
     let dst = buf.spare_capacity_mut();
     let mut rb = ReadBuf::uninit(dst);
@@ -816,6 +824,14 @@ fn poll_read_buf(
     // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
     unsafe { buf.set_len(buf.len() + n) };
     Poll::Ready(Ok(n))
+}
+
+fn poll_read_buf(
+    io: &mut Stream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    poll_read_into(io, cx, buf, READ_CHUNK, MIN_READ)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,10 +11,12 @@
 //! The connection and the body of its current request share the socket and the read buffer
 //! (`Rc<Shared>`): the service reads the body while the connection task awaits it, and nothing
 //! holds a borrow across an await.
-use super::edge::EdgeIo;
+use super::edge::{EdgeIo, H2_PREFACE};
 use super::LocalExec;
 use crate::proxy::body::{BoxError, GwBody};
-use crate::proxy::h1client::{chunk_header, has_close_token, parse_cl_value, ChunkDecoder};
+use crate::proxy::h1client::{
+    chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder,
+};
 use crate::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -35,7 +37,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 type Io = EdgeIo<RawTcp>;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Socket reads ask for at least this much room ...
 const READ_CHUNK: usize = 8 * 1024;
 /// ... and reuse the spare capacity of the buffer when at least this much is left.
@@ -85,15 +86,7 @@ enum InBody {
 }
 
 fn poll_read_buf(io: &mut Io, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < MIN_READ {
-        buf.reserve(READ_CHUNK);
-    }
-    let mut rb = ReadBuf::uninit(buf.spare_capacity_mut());
-    ready!(Pin::new(io).poll_read(cx, &mut rb))?;
-    let n = rb.filled().len();
-    // SAFETY: `poll_read` initialized the first `n` bytes of the spare capacity.
-    unsafe { buf.set_len(buf.len() + n) };
-    Poll::Ready(Ok(n))
+    poll_read_into(io, cx, buf, READ_CHUNK, MIN_READ)
 }
 
 impl IoState {
@@ -373,11 +366,6 @@ fn parse_head(
         expect_continue,
         keep_alive,
     })))
-}
-
-fn has_token(v: &[u8], token: &[u8]) -> bool {
-    v.split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 impl Shared {
