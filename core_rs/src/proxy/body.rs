@@ -65,6 +65,20 @@ impl GwBody {
     }
 }
 
+impl GwBody {
+    /// Upstream response header lines to send as they are (see `UpstreamRequest::raw_headers`).
+    /// Routes that compress never ask for them.
+    pub fn raw_headers(&self) -> Option<(&[u8], bool)> {
+        match self {
+            GwBody::Upstream(b) => b.raw_headers(),
+            GwBody::Hooked(b) => b.0.raw_headers(),
+            GwBody::Metered(m) => m.0.raw_headers(),
+            GwBody::Filtered(f) => f.inner.raw_headers(),
+            GwBody::Full(_) | GwBody::Gzip(_) => None,
+        }
+    }
+}
+
 impl Body for GwBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -84,6 +84,10 @@ pub struct UpstreamRequest<'a> {
     pub body: ReqBody,
     /// Write after the other requests ready in this event-loop turn (see `write_simple`).
     pub batch: bool,
+    /// The caller forwards the response headers untouched to an HTTP/1 client: a 2xx response
+    /// (not to HEAD, not 204) keeps them as encoded lines ([`UpstreamBody::raw_headers`]) and
+    /// comes with an empty `HeaderMap`.
+    pub raw_headers: bool,
 }
 
 #[derive(Debug)]
@@ -406,6 +410,20 @@ struct Conn {
     body: BodyState,
     /// The connection may go back to the pool once that body is read to its end.
     reusable: bool,
+    /// The response's headers as lines, when it was read with `raw_headers`.
+    raw: RawHead,
+}
+
+/// Response header lines kept as received (hop-by-hop and Content-Length left out), for a
+/// response whose headers the proxy forwards untouched to an HTTP/1 client.
+#[derive(Default)]
+pub struct RawHead {
+    /// `name: value\r\n` lines.
+    lines: Vec<u8>,
+    /// They include a Date.
+    date: bool,
+    /// They belong to the current response (its `HeaderMap` is empty).
+    active: bool,
 }
 
 impl Conn {
@@ -533,6 +551,7 @@ async fn connect(
             timer: None,
             body: BodyState::Done,
             reusable: false,
+            raw: RawHead::default(),
         }))
     };
     match tokio::time::timeout(connect_timeout, fut).await {
@@ -859,23 +878,33 @@ enum Parsed {
 /// Parse one response head at the start of `buf`, consuming it when complete.
 /// Hop-by-hop header names (RFC 9110 §7.6.1 and the usual extras): never forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(&name.as_str().as_bytes())
+}
+
+const HOP_BY_HOP: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// `is_hop_by_hop` of a name as received (any case).
+fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// Parse a response head. Hop-by-hop headers (and any the `Connection` header names) are read for
 /// framing and keep-alive, and left out of the returned map: the body is decoded here, and the
 /// proxy must not forward them.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static str> {
-    let mut raw: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    raw: Option<&mut RawHead>,
+) -> Result<Parsed, &'static str> {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
     // (name start, name len, value start, value len) relative to the head start.
     let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -883,7 +912,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
         let mut resp = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
         match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut raw)
+            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
         {
             Ok(httparse::Status::Complete(n)) => {
                 if n > MAX_HEAD {
@@ -924,9 +953,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
         return Ok(Parsed::Interim);
     }
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
-    let head = buf.split_to(len).freeze();
-    // Headroom for the headers the gateway adds (x-ratelimit-*, plugins'): no rehash on insert.
-    let mut headers = HeaderMap::with_capacity(count + 4);
     let mut content_length: Option<u64> = None;
     let mut bad_cl = false;
     let mut te_present = false;
@@ -934,19 +960,19 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut conn_named: Vec<HeaderName> = Vec::new();
+    let mut has_date = false;
+    let at = |(o, l): (u32, u32)| o as usize..(o + l) as usize;
     for &(no, nl, vo, vl) in &spans[..count] {
-        let (no, nl, vo, vl) = (no as usize, nl as usize, vo as usize, vl as usize);
-        let name = HeaderName::from_bytes(&head[no..no + nl])
-            .map_err(|_| "invalid response header name")?;
-        let raw_value = &head[vo..vo + vl];
-        if name == header::CONTENT_LENGTH {
+        let name = &buf[at((no, nl))];
+        let raw_value = &buf[at((vo, vl))];
+        if name.eq_ignore_ascii_case(b"content-length") {
             for part in raw_value.split(|&b| b == b',') {
                 match parse_cl_value(part.trim_ascii()) {
                     Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
                     _ => bad_cl = true,
                 }
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_present = true;
             // Only the last coding matters: is it chunked?
             let last = raw_value
@@ -955,7 +981,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
                 .unwrap_or(b"")
                 .trim_ascii();
             te_chunked = last.eq_ignore_ascii_case(b"chunked");
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for t in raw_value.split(|&b| b == b',') {
                 let t = t.trim_ascii();
                 if t.eq_ignore_ascii_case(b"close") {
@@ -966,17 +992,49 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, &'static
                     conn_named.push(n);
                 }
             }
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
         }
-        if is_hop_by_hop(&name) {
-            continue;
-        }
-        // SAFETY: httparse admits exactly the bytes a HeaderValue may hold (HTAB, 0x20-0x7E,
-        // 0x80-0xFF), so the second validation pass is skipped, as hyper's own parser does.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(vo..vo + vl)) };
-        headers.append(name, value);
     }
-    for n in &conn_named {
-        headers.remove(n);
+    // Kept as encoded lines: what the client gets is exactly these (no map to build and walk).
+    let raw = raw
+        .filter(|_| (200..300).contains(&code) && code != 204 && !head_request)
+        .filter(|_| conn_named.is_empty());
+    let mut headers = HeaderMap::new();
+    if let Some(out) = raw {
+        out.lines.clear();
+        for &(no, nl, vo, vl) in &spans[..count] {
+            let name = &buf[at((no, nl))];
+            if is_hop_by_hop_bytes(name) || name.eq_ignore_ascii_case(b"content-length") {
+                continue;
+            }
+            out.lines.extend_from_slice(name);
+            out.lines.extend_from_slice(b": ");
+            out.lines.extend_from_slice(&buf[at((vo, vl))]);
+            out.lines.extend_from_slice(b"\r\n");
+        }
+        out.date = has_date;
+        out.active = true;
+        buf.advance(len);
+    } else {
+        let head = buf.split_to(len).freeze();
+        // Headroom for the headers the gateway adds (x-ratelimit-*, plugins'): no rehash on insert.
+        headers.reserve(count + 4);
+        for &(no, nl, vo, vl) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[at((no, nl))])
+                .map_err(|_| "invalid response header name")?;
+            if is_hop_by_hop(&name) {
+                continue;
+            }
+            // SAFETY: httparse admits exactly the bytes a HeaderValue may hold (HTAB, 0x20-0x7E,
+            // 0x80-0xFF), so the second validation pass is skipped, as hyper's own parser does.
+            let value =
+                unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at((vo, vl)))) };
+            headers.append(name, value);
+        }
+        for n in &conn_named {
+            headers.remove(n);
+        }
     }
     let mut keep_alive = if minor == 1 {
         !conn_close
@@ -1019,11 +1077,17 @@ struct Fail {
 
 /// Read the final response head. `reused`: the connection came from the pool, so a failure before
 /// any response byte arrives is the idle-close race and may be retried.
-async fn read_head(conn: &mut Conn, head_request: bool, reused: bool) -> Result<Head, Fail> {
+async fn read_head(
+    conn: &mut Conn,
+    head_request: bool,
+    reused: bool,
+    raw: bool,
+) -> Result<Head, Fail> {
     let mut got_bytes = !conn.rbuf.is_empty();
     loop {
         if !conn.rbuf.is_empty() {
-            match parse_head(&mut conn.rbuf, head_request) {
+            let keep = raw.then_some(&mut conn.raw);
+            match parse_head(&mut conn.rbuf, head_request, keep) {
                 Ok(Parsed::Final(h)) => return Ok(h),
                 Ok(Parsed::Interim) => continue,
                 Ok(Parsed::Partial) => {}
@@ -1081,6 +1145,7 @@ pub async fn send(
         extra,
         mut body,
         batch,
+        raw_headers,
     } = req;
     let hash = key_hash(target.host, target.port, target.tls);
     let head_request = *method == Method::HEAD;
@@ -1096,6 +1161,7 @@ pub async fn send(
             read_timeout,
             true,
             batch,
+            raw_headers,
         )
         .await
         {
@@ -1118,6 +1184,7 @@ pub async fn send(
         read_timeout,
         false,
         batch,
+        raw_headers,
     )
     .await
     {
@@ -1138,8 +1205,10 @@ async fn exchange(
     read_timeout: Duration,
     reused: bool,
     batch: bool,
+    raw: bool,
 ) -> Result<(Head, bool), Fail> {
     conn.rbuf.clear();
+    conn.raw.active = false;
     let timeout_fail = || Fail {
         err: UpstreamError::Timeout,
         retry: false,
@@ -1175,7 +1244,7 @@ async fn exchange(
                         retry: reused,
                     });
                 }
-                read_head(conn, head_request, reused).await
+                read_head(conn, head_request, reused, raw).await
             };
             match within(&mut timer, read_timeout, fut).await {
                 Some(r) => r?,
@@ -1205,7 +1274,7 @@ async fn exchange(
             match within(
                 &mut timer,
                 read_timeout,
-                read_head(conn, head_request, false),
+                read_head(conn, head_request, false, raw),
             )
             .await
             {
@@ -1277,8 +1346,10 @@ fn into_response(mut conn: Box<Conn>, head: Head, req_close: bool) -> Response<U
         }
         _ => false,
     };
+    // Raw header lines live in the connection: it stays with the body until its first poll.
+    let keep_for_raw = c.raw.active;
     let mut body = UpstreamBody { conn: Some(conn) };
-    if done {
+    if done && !keep_for_raw {
         body.finish();
     }
     let mut resp = Response::new(body);
@@ -1477,6 +1548,13 @@ impl UpstreamBody {
         self.conn = None;
     }
 
+    /// The response's header lines and whether they include a Date, when it was read with
+    /// `raw_headers` (its `HeaderMap` is then empty). Valid until the body is first polled.
+    pub fn raw_headers(&self) -> Option<(&[u8], bool)> {
+        let c = self.conn.as_deref()?;
+        c.raw.active.then_some((&c.raw.lines[..], c.raw.date))
+    }
+
     fn state(&self) -> BodyState {
         self.conn.as_ref().map_or(BodyState::Done, |c| c.body)
     }
@@ -1497,7 +1575,7 @@ impl Body for UpstreamBody {
             };
             match &mut conn.body {
                 BodyState::Done => {
-                    this.conn = None;
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 BodyState::Length(rem) => {
@@ -1721,6 +1799,7 @@ mod tests {
             extra: &[],
             body: ReqBody::Empty,
             batch: false,
+            raw_headers: false,
         }
     }
 
@@ -1746,6 +1825,7 @@ mod tests {
                 extra: &[],
                 body,
                 batch: false,
+                raw_headers: false,
             },
             T,
             T,
@@ -1784,6 +1864,57 @@ mod tests {
         }
         assert_eq!(up.conns(), 1);
         assert_eq!(pool_idle_count(&t), 1);
+    }
+
+    /// `raw_headers`: a 2xx response keeps its header lines (hop-by-hop, Content-Length and the
+    /// headers `Connection` names left out) with an empty map; others get the map as usual.
+    #[tokio::test(flavor = "current_thread")]
+    async fn raw_header_lines() {
+        let up = upstream(|i| {
+            Act::Reply(match i {
+                0 => b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\
+                       Keep-Alive: timeout=5\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\nX-A: 1\r\n\r\nok"
+                    .to_vec(),
+                1 => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-B: 2\r\n\r\n".to_vec(),
+                2 => b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 404 Not Found\r\nX-C: 3\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            })
+        })
+        .await;
+        let t = up.target();
+        let h = host_headers();
+        let raw_get = || UpstreamRequest {
+            raw_headers: true,
+            ..get_root(&h)
+        };
+        let r = send(&t, raw_get(), T, T).await.unwrap();
+        assert!(r.headers().is_empty());
+        assert_eq!(
+            r.body().raw_headers(),
+            Some((
+                &b"Server: up\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\nX-A: 1\r\n"[..],
+                true
+            ))
+        );
+        assert_eq!(r.body().size_hint().exact(), Some(2));
+        assert_eq!(body_of(r).await.unwrap(), b"ok");
+        // An empty body keeps its connection (and lines) until polled, then pools it.
+        let r = send(&t, raw_get(), T, T).await.unwrap();
+        assert_eq!(r.body().raw_headers(), Some((&b"X-B: 2\r\n"[..], false)));
+        assert!(r.body().is_end_stream());
+        assert_eq!(pool_idle_count(&t), 0);
+        assert_eq!(body_of(r).await.unwrap(), b"");
+        assert_eq!(pool_idle_count(&t), 1);
+        // Headers named by Connection: the map, which drops them.
+        let r = send(&t, raw_get(), T, T).await.unwrap();
+        assert_eq!(r.body().raw_headers(), None);
+        assert!(!r.headers().contains_key("x-hop"));
+        assert_eq!(body_of(r).await.unwrap(), b"");
+        // Not a 2xx: the map.
+        let r = send(&t, raw_get(), T, T).await.unwrap();
+        assert_eq!(r.body().raw_headers(), None);
+        assert_eq!(r.headers()["x-c"], "3");
+        assert_eq!(up.conns(), 1);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -2353,6 +2484,7 @@ mod tests {
                     extra: &[],
                     body,
                     batch: false,
+                    raw_headers: false,
                 };
                 body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
             }
@@ -2369,6 +2501,7 @@ mod tests {
             extra: &[],
             body: ReqBody::Full(Bytes::new()),
             batch: false,
+            raw_headers: false,
         };
         body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
         assert_eq!(
@@ -2434,6 +2567,7 @@ mod tests {
                                 extra: &[],
                                 body: ReqBody::Stream(crate::server::h1::ClientBody::H2(body)),
                                 batch: false,
+                                raw_headers: false,
                             };
                             match send(&t, rq, T, T).await {
                                 Ok(resp) => Ok::<_, UpstreamError>(resp),

@@ -258,6 +258,7 @@ pub async fn handle(
             gzip::Ask::of(g, req.method(), req.version(), req.headers()),
         )
     });
+    let h1_client = matches!(req.body(), ClientBody::H1(_));
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
@@ -417,8 +418,23 @@ pub async fn handle(
             out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
-    let resp =
-        proxy_to_upstream(route, &mut out, body, remote, &host, orig_host.as_ref(), ex).await;
+    // Nothing on this route reads or changes the response headers, and hyper does not encode
+    // them: the upstream's header lines go to the client as they are (no HeaderMap).
+    let raw_headers = h1_client
+        && route.chain.is_none()
+        && gzip_ask.is_none()
+        && quota.is_none()
+        && !ex.observed
+        && ex.span_target.is_none()
+        && ex.logs.is_none()
+        && ex.trace.is_none();
+    let to = Forward {
+        remote,
+        host: &host,
+        orig_host: orig_host.as_ref(),
+        raw_headers,
+    };
+    let resp = proxy_to_upstream(route, &mut out, body, to, ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
         quota_headers(resp.headers_mut(), limit, remaining, reset);
@@ -608,15 +624,28 @@ fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<
     }
 }
 
+/// Where the request came from, and how its response may be passed back.
+struct Forward<'a> {
+    remote: IpAddr,
+    host: &'a str,
+    orig_host: Option<&'a HeaderValue>,
+    /// See `UpstreamRequest::raw_headers`.
+    raw_headers: bool,
+}
+
 async fn proxy_to_upstream(
     route: &CompiledRoute,
     out: &mut Outgoing,
     body: ReqBody,
-    remote: IpAddr,
-    host: &str,
-    orig_host: Option<&HeaderValue>,
+    to: Forward<'_>,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
+    let Forward {
+        remote,
+        host,
+        orig_host,
+        raw_headers,
+    } = to;
     let u = &route.upstream;
     let plugin_host = out
         .headers
@@ -719,6 +748,7 @@ async fn proxy_to_upstream(
             extra,
             body: req_body,
             batch: route.chain.is_some(),
+            raw_headers,
         };
         let tracked = node_idx.filter(|_| u.balancer.tracks_load());
         let started = tracked.map(|i| {

@@ -535,6 +535,10 @@ fn encode_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some((lines, date)) = body.raw_headers() {
+        out.extend_from_slice(lines);
+        has_date |= date;
+    }
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
