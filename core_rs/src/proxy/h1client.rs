@@ -891,9 +891,102 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"upgrade",
 ];
 
-/// `is_hop_by_hop` of a name as received (any case).
-fn is_hop_by_hop_bytes(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+/// What a response header means to the framing and to forwarding.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Date,
+    /// Another hop-by-hop header: not forwarded.
+    HopByHop,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &HeaderName) -> Kind {
+        if *name == header::CONTENT_LENGTH {
+            Kind::ContentLength
+        } else if *name == header::TRANSFER_ENCODING {
+            Kind::TransferEncoding
+        } else if *name == header::CONNECTION {
+            Kind::Connection
+        } else if *name == header::DATE {
+            Kind::Date
+        } else if is_hop_by_hop(name) {
+            Kind::HopByHop
+        } else {
+            Kind::Other
+        }
+    }
+
+    /// `of` for a name as received (any case).
+    fn of_bytes(name: &[u8]) -> Kind {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            4 if is(b"date") => Kind::Date,
+            10 if is(b"connection") => Kind::Connection,
+            14 if is(b"content-length") => Kind::ContentLength,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            2 | 7 | 10 | 16 if HOP_BY_HOP.iter().any(|h| is(h)) => Kind::HopByHop,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Framing and keep-alive facts gathered from a response's headers.
+#[derive(Default)]
+struct Seen {
+    content_length: Option<u64>,
+    bad_cl: bool,
+    te_present: bool,
+    te_chunked: bool,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    /// Headers the `Connection` header names (hop-by-hop for this response).
+    conn_named: Vec<HeaderName>,
+    date: bool,
+}
+
+impl Seen {
+    fn see(&mut self, kind: Kind, value: &[u8]) {
+        match kind {
+            Kind::ContentLength => {
+                for part in value.split(|&b| b == b',') {
+                    match parse_cl_value(part.trim_ascii()) {
+                        Some(n) if self.content_length.is_none_or(|c| c == n) => {
+                            self.content_length = Some(n)
+                        }
+                        _ => self.bad_cl = true,
+                    }
+                }
+            }
+            Kind::TransferEncoding => {
+                self.te_present = true;
+                // Only the last coding matters: is it chunked?
+                let last = value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii();
+                self.te_chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+            Kind::Connection => {
+                for t in value.split(|&b| b == b',') {
+                    let t = t.trim_ascii();
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.conn_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.conn_keep_alive = true;
+                    } else if let Ok(n) = HeaderName::from_bytes(t) {
+                        self.conn_named.push(n);
+                    }
+                }
+            }
+            Kind::Date => self.date = true,
+            Kind::HopByHop | Kind::Other => {}
+        }
+    }
 }
 
 /// Parse a response head. Hop-by-hop headers (and any the `Connection` header names) are read for
@@ -953,77 +1046,48 @@ fn parse_head(
         return Ok(Parsed::Interim);
     }
     let status = StatusCode::from_u16(code).map_err(|_| "invalid response status")?;
-    let mut content_length: Option<u64> = None;
-    let mut bad_cl = false;
-    let mut te_present = false;
-    let mut te_chunked = false;
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    let mut conn_named: Vec<HeaderName> = Vec::new();
-    let mut has_date = false;
     let at = |(o, l): (u32, u32)| o as usize..(o + l) as usize;
-    for &(no, nl, vo, vl) in &spans[..count] {
-        let name = &buf[at((no, nl))];
-        let raw_value = &buf[at((vo, vl))];
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for part in raw_value.split(|&b| b == b',') {
-                match parse_cl_value(part.trim_ascii()) {
-                    Some(n) if content_length.is_none_or(|c| c == n) => content_length = Some(n),
-                    _ => bad_cl = true,
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_present = true;
-            // Only the last coding matters: is it chunked?
-            let last = raw_value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii();
-            te_chunked = last.eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in raw_value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                if t.eq_ignore_ascii_case(b"close") {
-                    conn_close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    conn_keep_alive = true;
-                } else if let Ok(n) = HeaderName::from_bytes(t) {
-                    conn_named.push(n);
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"date") {
-            has_date = true;
-        }
-    }
-    // Kept as encoded lines: what the client gets is exactly these (no map to build and walk).
-    let raw = raw
-        .filter(|_| (200..300).contains(&code) && code != 204 && !head_request)
-        .filter(|_| conn_named.is_empty());
+    let mut seen = Seen::default();
     let mut headers = HeaderMap::new();
+    // Kept as encoded lines: the client gets exactly these (no map to build and walk) — unless
+    // `Connection` names headers to drop, which the map does.
+    let raw = raw.filter(|_| (200..300).contains(&code) && code != 204 && !head_request);
+    let mut as_lines = false;
     if let Some(out) = raw {
         out.lines.clear();
         for &(no, nl, vo, vl) in &spans[..count] {
-            let name = &buf[at((no, nl))];
-            if is_hop_by_hop_bytes(name) || name.eq_ignore_ascii_case(b"content-length") {
-                continue;
+            let (name, value) = (&buf[at((no, nl))], &buf[at((vo, vl))]);
+            let kind = Kind::of_bytes(name);
+            seen.see(kind, value);
+            if matches!(kind, Kind::Date | Kind::Other) {
+                out.lines.extend_from_slice(name);
+                out.lines.extend_from_slice(b": ");
+                out.lines.extend_from_slice(value);
+                out.lines.extend_from_slice(b"\r\n");
             }
-            out.lines.extend_from_slice(name);
-            out.lines.extend_from_slice(b": ");
-            out.lines.extend_from_slice(&buf[at((vo, vl))]);
-            out.lines.extend_from_slice(b"\r\n");
         }
-        out.date = has_date;
-        out.active = true;
-        buf.advance(len);
-    } else {
+        as_lines = seen.conn_named.is_empty();
+        out.date = seen.date;
+        out.active = as_lines;
+        if as_lines {
+            buf.advance(len);
+        } else {
+            seen = Seen::default();
+        }
+    }
+    if !as_lines {
         let head = buf.split_to(len).freeze();
         // Headroom for the headers the gateway adds (x-ratelimit-*, plugins'): no rehash on insert.
         headers.reserve(count + 4);
         for &(no, nl, vo, vl) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[at((no, nl))])
                 .map_err(|_| "invalid response header name")?;
-            if is_hop_by_hop(&name) {
+            let kind = Kind::of(&name);
+            seen.see(kind, &head[at((vo, vl))]);
+            if matches!(
+                kind,
+                Kind::HopByHop | Kind::Connection | Kind::TransferEncoding
+            ) {
                 continue;
             }
             // SAFETY: httparse admits exactly the bytes a HeaderValue may hold (HTAB, 0x20-0x7E,
@@ -1032,10 +1096,19 @@ fn parse_head(
                 unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(at((vo, vl)))) };
             headers.append(name, value);
         }
-        for n in &conn_named {
+        for n in &seen.conn_named {
             headers.remove(n);
         }
     }
+    let Seen {
+        content_length,
+        bad_cl,
+        te_present,
+        te_chunked,
+        conn_close,
+        conn_keep_alive,
+        ..
+    } = seen;
     let mut keep_alive = if minor == 1 {
         !conn_close
     } else {
