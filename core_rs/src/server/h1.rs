@@ -1308,4 +1308,20 @@ mod tests {
             assert_eq!(tmp[3], 4, "{tmp:?}");
         });
     }
+
+    #[test]
+    fn empty_header_values_are_kept() {
+        let mut buf = BytesMut::from(
+            &b"GET /a?b=1 HTTP/1.1\r\nX-Empty:\r\nX-Blank:   \r\nHost: h\r\n\r\n"[..],
+        );
+        let mut found = Vec::new();
+        let Some(Next::Request(head)) = parse_head(&mut buf, 100, &mut found, true) else {
+            panic!("not parsed");
+        };
+        assert_eq!(head.parts.uri, "/a?b=1");
+        assert_eq!(head.parts.headers["x-empty"], "");
+        assert_eq!(head.parts.headers["x-blank"], "");
+        assert_eq!(head.parts.headers["host"], "h");
+        assert!(buf.is_empty());
+    }
 }
