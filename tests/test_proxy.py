@@ -334,3 +334,87 @@ def test_per_ip_connection_cap(upstream, gateway):
         assert time.monotonic() < deadline
     for s in held:
         s.close()
+
+
+RESPONSE_HEADER_PLUGINS = '''
+from pygateway.plugin import Plugin
+
+
+class AccessOnly(Plugin):
+    name = "access-only"
+
+    def access(self, req, ctx):
+        return None
+
+
+class StampResponse(Plugin):
+    name = "stamp-response"
+
+    def header_filter(self, req, resp, ctx):
+        resp.headers["x-stamp"] = "1"
+'''
+
+
+def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path):
+    """Upstream response headers reach the client the same way whether the route passes them on as
+    received (plain route, a plugin that never sees the response) or through a header map (a
+    plugin that does, a response whose Connection header names another header): repeated headers
+    kept, hop-by-hop headers and the ones Connection names dropped, one Date, the right length."""
+    heads = {
+        "/plain": b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n",
+        "/named": b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n",
+    }
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                extra = heads["/named" if path.endswith("/named") else "/plain"]
+                conn.sendall(b"HTTP/1.1 200 OK\r\nServer: raw\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
+                             b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n" + extra +
+                             b"X-Custom: v\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def accept_loop() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_loop, daemon=True).start()
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "response_header_plugins.py").write_text(RESPONSE_HEADER_PLUGINS)
+    node = {"nodes": {f"127.0.0.1:{port}": 1}}
+    gw = gateway({"routes": [
+        {"id": "plain", "uri": "/plain/*", "upstream": node},
+        {"id": "access", "uri": "/access/*", "upstream": node, "plugins": {"access-only": {}}},
+        {"id": "stamp", "uri": "/stamp/*", "upstream": node, "plugins": {"stamp-response": {}}},
+    ]}, args=["--plugin-dir", str(plugins)])  # fmt: skip
+    try:
+        with httpx.Client() as client:
+            for prefix in ("/plain", "/access", "/stamp"):
+                for path in ("/x", "/named"):
+                    r = client.get(gw.url + prefix + path)
+                    where = prefix + path
+                    assert r.status_code == 200 and r.text == "ok", where
+                    assert r.headers.get_list("set-cookie") == ["a=1", "b=2"], where
+                    assert r.headers["x-custom"] == "v" and r.headers["server"] == "raw", where
+                    assert r.headers.get_list("date") == ["Thu, 26 Nov 2026 10:00:00 GMT"], where
+                    assert r.headers["content-length"] == "2", where
+                    assert "keep-alive" not in r.headers and "x-hop" not in r.headers, where
+                    assert r.headers.get("connection", "keep-alive") == "keep-alive", where
+                    assert ("x-stamp" in r.headers) == (prefix == "/stamp"), where
+    finally:
+        srv.close()

@@ -418,10 +418,10 @@ pub async fn handle(
             out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
-    // Nothing on this route reads or changes the response headers, and hyper does not encode
-    // them: the upstream's header lines go to the client as they are (no HeaderMap).
+    // Nothing on this route reads or changes the response headers (no plugin sees the response),
+    // and hyper does not encode them: the upstream's header lines go to the client as they are.
     let raw_headers = h1_client
-        && route.chain.is_none()
+        && route.chain.as_ref().is_none_or(|c| !c.sees_response())
         && gzip_ask.is_none()
         && quota.is_none()
         && !ex.observed

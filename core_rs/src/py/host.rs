@@ -171,6 +171,11 @@ impl PyChain {
         self.phases & (1 << phase) != 0
     }
 
+    /// Some plugin sees the response (its headers, body or log): a response view is built.
+    pub fn sees_response(&self) -> bool {
+        self.has(HEADER_FILTER) || self.has(BODY_FILTER) || self.has(LOG)
+    }
+
     fn begin_in(py: Python<'_>, info: ReqInfo) -> PyReq {
         let headers = Py::new(py, PyHeaders::new(info.headers)).expect("alloc Headers");
         let req = PyRequest {
@@ -348,8 +353,7 @@ impl PyChain {
         status: &mut u16,
         headers: &mut HeaderMap,
     ) -> Option<ShortResponse> {
-        let need_view = self.has(HEADER_FILTER) || self.has(BODY_FILTER) || self.has(LOG);
-        if !need_view {
+        if !self.sees_response() {
             return None;
         }
         Python::attach(|py| {
