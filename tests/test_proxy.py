@@ -336,7 +336,7 @@ def test_per_ip_connection_cap(upstream, gateway):
         s.close()
 
 
-RESPONSE_HEADER_PLUGINS = '''
+RESPONSE_HEADER_PLUGINS = """
 from pygateway.plugin import Plugin
 
 
@@ -352,7 +352,7 @@ class StampResponse(Plugin):
 
     def header_filter(self, req, resp, ctx):
         resp.headers["x-stamp"] = "1"
-'''
+"""
 
 
 def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path):
