@@ -1084,10 +1084,17 @@ mod tests {
         tokio::task::LocalSet::new().block_on(&rt, f);
     }
 
-    #[test]
-    fn pipelined_requests_with_bodies_in_order() {
+    /// `run` a test against a fresh `server()` on its port.
+    fn with_server<F: Future<Output = ()>>(test: impl FnOnce(u16) -> F) {
         run(async {
             let (port, _) = server().await;
+            test(port).await;
+        });
+    }
+
+    #[test]
+    fn pipelined_requests_with_bodies_in_order() {
+        with_server(|port| async move {
             let (text, closed) = exchange(
                 port,
                 b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -1116,8 +1123,7 @@ mod tests {
 
     #[test]
     fn unknown_length_is_chunked_for_1_1_and_close_delimited_for_1_0() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let (text, closed) =
                 exchange(port, b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n", 1).await;
             assert!(!closed);
@@ -1136,8 +1142,7 @@ mod tests {
 
     #[test]
     fn http_1_0_keeps_alive_only_when_asked() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let (text, closed) = exchange(port, b"GET /a HTTP/1.0\r\n\r\n", 1).await;
             assert!(closed && text.contains("connection: close\r\n"), "{text}");
             let (text, closed) = exchange(
@@ -1158,8 +1163,7 @@ mod tests {
 
     #[test]
     fn head_response_has_the_length_but_no_body() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let (text, closed) = exchange(
                 port,
                 b"HEAD /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1182,8 +1186,7 @@ mod tests {
 
     #[test]
     fn expect_100_continue_is_answered_when_the_body_is_read() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             c.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
                 .await
@@ -1199,8 +1202,7 @@ mod tests {
 
     #[test]
     fn unread_body_is_skipped_when_buffered_else_the_connection_closes() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let (text, closed) = exchange(
                 port,
                 b"POST /unread HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /next HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -1221,8 +1223,7 @@ mod tests {
 
     #[test]
     fn bad_heads_get_json_errors_and_close() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             for (req, status) in [
                 (
                     &b"GET /a HTTP/1.1\r\nBad Name: x\r\n\r\n"[..],
@@ -1297,8 +1298,7 @@ mod tests {
 
     #[test]
     fn h2_preface_goes_to_hyper() {
-        run(async {
-            let (port, _) = server().await;
+        with_server(|port| async move {
             let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             c.write_all(H2_PREFACE).await.unwrap();
             // An empty SETTINGS frame; the server answers with its own SETTINGS (type 4).
