@@ -357,9 +357,10 @@ class StampResponse(Plugin):
 
 def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path):
     """Upstream response headers reach the client the same way whether the route passes them on as
-    received (plain route, a plugin that never sees the response) or through a header map (a
-    plugin that does, a response whose Connection header names another header): repeated headers
-    kept, hop-by-hop headers and the ones Connection names dropped, one Date, the right length."""
+    received (plain route, a plugin that never sees the response, limit-count adding its headers)
+    or through a header map (a plugin that does, a response whose Connection header names another
+    header): repeated headers kept, hop-by-hop headers and the ones Connection names dropped, one
+    Date, the right length; limit-count's X-RateLimit-* replace the upstream's."""
     heads = {
         "/plain": b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n",
         "/named": b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n",
@@ -379,7 +380,7 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
                 extra = heads["/named" if path.endswith("/named") else "/plain"]
                 conn.sendall(b"HTTP/1.1 200 OK\r\nServer: raw\r\nDate: Thu, 26 Nov 2026 10:00:00 GMT\r\n"
                              b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n" + extra +
-                             b"X-Custom: v\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
+                             b"X-Custom: v\r\nX-RateLimit-Limit: 999\r\nContent-Length: 2\r\n\r\nok")  # fmt: skip
 
     srv = socket.create_server(("127.0.0.1", 0))
     port = srv.getsockname()[1]
@@ -401,10 +402,12 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
         {"id": "plain", "uri": "/plain/*", "upstream": node},
         {"id": "access", "uri": "/access/*", "upstream": node, "plugins": {"access-only": {}}},
         {"id": "stamp", "uri": "/stamp/*", "upstream": node, "plugins": {"stamp-response": {}}},
+        {"id": "counted", "uri": "/counted/*", "upstream": node,
+         "plugins": {"limit-count": {"count": 100, "time_window": 60}}},
     ]}, args=["--plugin-dir", str(plugins)])  # fmt: skip
     try:
         with httpx.Client() as client:
-            for prefix in ("/plain", "/access", "/stamp"):
+            for prefix in ("/plain", "/access", "/stamp", "/counted"):
                 for path in ("/x", "/named"):
                     r = client.get(gw.url + prefix + path)
                     where = prefix + path
@@ -416,5 +419,8 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
                     assert "keep-alive" not in r.headers and "x-hop" not in r.headers, where
                     assert r.headers.get("connection", "keep-alive") == "keep-alive", where
                     assert ("x-stamp" in r.headers) == (prefix == "/stamp"), where
+                    counted = prefix == "/counted"
+                    assert r.headers.get_list("x-ratelimit-limit") == ["100" if counted else "999"], where
+                    assert ("x-ratelimit-remaining" in r.headers) == counted, where
     finally:
         srv.close()

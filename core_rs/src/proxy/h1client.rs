@@ -84,10 +84,11 @@ pub struct UpstreamRequest<'a> {
     pub body: ReqBody,
     /// Write after the other requests ready in this event-loop turn (see `write_simple`).
     pub batch: bool,
-    /// The caller forwards the response headers untouched to an HTTP/1 client: a 2xx response
-    /// (not to HEAD, not 204) keeps them as encoded lines ([`UpstreamBody::raw_headers`]) and
-    /// comes with an empty `HeaderMap`.
-    pub raw_headers: bool,
+    /// `Some(replaced)`: the caller forwards the response headers untouched to an HTTP/1 client,
+    /// so a 2xx response (not to HEAD, not 204) keeps them as encoded lines
+    /// ([`UpstreamBody::raw_headers`]) and comes with an empty `HeaderMap`. Lines named in
+    /// `replaced` (lower case) are left out: the caller sets those headers in the map itself.
+    pub raw_headers: Option<&'static [&'static [u8]]>,
 }
 
 #[derive(Debug)]
@@ -995,7 +996,7 @@ impl Seen {
 fn parse_head(
     buf: &mut BytesMut,
     head_request: bool,
-    raw: Option<&mut RawHead>,
+    raw: Option<(&mut RawHead, &[&[u8]])>,
 ) -> Result<Parsed, &'static str> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -1053,13 +1054,15 @@ fn parse_head(
     // `Connection` names headers to drop, which the map does.
     let raw = raw.filter(|_| (200..300).contains(&code) && code != 204 && !head_request);
     let mut as_lines = false;
-    if let Some(out) = raw {
+    if let Some((out, replaced)) = raw {
         out.lines.clear();
         for &(no, nl, vo, vl) in &spans[..count] {
             let (name, value) = (&buf[at((no, nl))], &buf[at((vo, vl))]);
             let kind = Kind::of_bytes(name);
             seen.see(kind, value);
-            if matches!(kind, Kind::Date | Kind::Other) {
+            if matches!(kind, Kind::Date | Kind::Other)
+                && !replaced.iter().any(|r| name.eq_ignore_ascii_case(r))
+            {
                 out.lines.extend_from_slice(name);
                 out.lines.extend_from_slice(b": ");
                 out.lines.extend_from_slice(value);
@@ -1154,12 +1157,12 @@ async fn read_head(
     conn: &mut Conn,
     head_request: bool,
     reused: bool,
-    raw: bool,
+    raw: Option<&'static [&'static [u8]]>,
 ) -> Result<Head, Fail> {
     let mut got_bytes = !conn.rbuf.is_empty();
     loop {
         if !conn.rbuf.is_empty() {
-            let keep = raw.then_some(&mut conn.raw);
+            let keep = raw.map(|replaced| (&mut conn.raw, replaced));
             match parse_head(&mut conn.rbuf, head_request, keep) {
                 Ok(Parsed::Final(h)) => return Ok(h),
                 Ok(Parsed::Interim) => continue,
@@ -1278,7 +1281,7 @@ async fn exchange(
     read_timeout: Duration,
     reused: bool,
     batch: bool,
-    raw: bool,
+    raw: Option<&'static [&'static [u8]]>,
 ) -> Result<(Head, bool), Fail> {
     conn.rbuf.clear();
     conn.raw.active = false;
@@ -1872,7 +1875,7 @@ mod tests {
             extra: &[],
             body: ReqBody::Empty,
             batch: false,
-            raw_headers: false,
+            raw_headers: None,
         }
     }
 
@@ -1898,7 +1901,7 @@ mod tests {
                 extra: &[],
                 body,
                 batch: false,
-                raw_headers: false,
+                raw_headers: None,
             },
             T,
             T,
@@ -1950,6 +1953,7 @@ mod tests {
                     .to_vec(),
                 1 => b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-B: 2\r\n\r\n".to_vec(),
                 2 => b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                4 => b"HTTP/1.1 200 OK\r\nX-RateLimit-Limit: 9\r\nX-D: 4\r\nContent-Length: 0\r\n\r\n".to_vec(),
                 _ => b"HTTP/1.1 404 Not Found\r\nX-C: 3\r\nContent-Length: 0\r\n\r\n".to_vec(),
             })
         })
@@ -1957,7 +1961,7 @@ mod tests {
         let t = up.target();
         let h = host_headers();
         let raw_get = || UpstreamRequest {
-            raw_headers: true,
+            raw_headers: Some(&[]),
             ..get_root(&h)
         };
         let r = send(&t, raw_get(), T, T).await.unwrap();
@@ -1987,6 +1991,20 @@ mod tests {
         let r = send(&t, raw_get(), T, T).await.unwrap();
         assert_eq!(r.body().raw_headers(), None);
         assert_eq!(r.headers()["x-c"], "3");
+        // Lines the caller replaces are left out.
+        let r = send(
+            &t,
+            UpstreamRequest {
+                raw_headers: Some(&[b"x-ratelimit-limit"]),
+                ..get_root(&h)
+            },
+            T,
+            T,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.body().raw_headers(), Some((&b"X-D: 4\r\n"[..], false)));
+        assert_eq!(body_of(r).await.unwrap(), b"");
         assert_eq!(up.conns(), 1);
     }
 
@@ -2557,7 +2575,7 @@ mod tests {
                     extra: &[],
                     body,
                     batch: false,
-                    raw_headers: false,
+                    raw_headers: None,
                 };
                 body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
             }
@@ -2574,7 +2592,7 @@ mod tests {
             extra: &[],
             body: ReqBody::Full(Bytes::new()),
             batch: false,
-            raw_headers: false,
+            raw_headers: None,
         };
         body_of(send(&t, rq, T, T).await.unwrap()).await.unwrap();
         assert_eq!(
@@ -2640,7 +2658,7 @@ mod tests {
                                 extra: &[],
                                 body: ReqBody::Stream(crate::server::h1::ClientBody::H2(body)),
                                 batch: false,
-                                raw_headers: false,
+                                raw_headers: None,
                             };
                             match send(&t, rq, T, T).await {
                                 Ok(resp) => Ok::<_, UpstreamError>(resp),

@@ -418,16 +418,17 @@ pub async fn handle(
             out.headers.insert(TRACEPARENT.clone(), v);
         }
     }
-    // Nothing on this route reads or changes the response headers (no plugin sees the response),
-    // and hyper does not encode them: the upstream's header lines go to the client as they are.
-    let raw_headers = h1_client
+    // Nothing on this route reads the response headers or changes them beyond setting limit-count's
+    // (no plugin sees the response), and hyper does not encode them: the upstream's header lines go
+    // to the client as they are, and limit-count's replace any of the same names.
+    let raw_headers = (h1_client
         && route.chain.as_ref().is_none_or(|c| !c.sees_response())
         && gzip_ask.is_none()
-        && quota.is_none()
         && !ex.observed
         && ex.span_target.is_none()
         && ex.logs.is_none()
-        && ex.trace.is_none();
+        && ex.trace.is_none())
+    .then_some(if quota.is_some() { QUOTA_HEADERS } else { &[] });
     let to = Forward {
         remote,
         host: &host,
@@ -529,6 +530,12 @@ pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// The names `quota_headers` sets.
+const QUOTA_HEADERS: &[&[u8]] = &[
+    b"x-ratelimit-limit",
+    b"x-ratelimit-remaining",
+    b"x-ratelimit-reset",
+];
 
 fn quota_headers(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
     h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
@@ -630,7 +637,7 @@ struct Forward<'a> {
     host: &'a str,
     orig_host: Option<&'a HeaderValue>,
     /// See `UpstreamRequest::raw_headers`.
-    raw_headers: bool,
+    raw_headers: Option<&'static [&'static [u8]]>,
 }
 
 async fn proxy_to_upstream(
