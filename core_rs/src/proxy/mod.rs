@@ -91,7 +91,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Request-smuggling and framing checks hyper does not make: refuse anything ambiguous.
+/// Request-smuggling and framing checks hyper's HTTP/2 server does not make: refuse anything
+/// ambiguous.
 fn framing_error(h: &HeaderMap) -> Option<&'static str> {
     let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
     if cls > 1 {
@@ -165,8 +166,12 @@ pub async fn handle(
     peer: SocketAddr,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
-    if let Some(why) = framing_error(req.headers()) {
-        return with_close(error_response(StatusCode::BAD_REQUEST, why));
+    // HTTP/1 requests were checked byte by byte before they were parsed (`server::edge`).
+    let h1_client = matches!(req.body(), ClientBody::H1(_));
+    if !h1_client {
+        if let Some(why) = framing_error(req.headers()) {
+            return with_close(error_response(StatusCode::BAD_REQUEST, why));
+        }
     }
     let uri_len = req
         .uri()
@@ -258,7 +263,6 @@ pub async fn handle(
             gzip::Ask::of(g, req.method(), req.version(), req.headers()),
         )
     });
-    let h1_client = matches!(req.body(), ClientBody::H1(_));
     let (parts, incoming) = req.into_parts();
     let mut body = ReqBody::Stream(incoming);
     let query = parts.uri.query().map(str::to_string);
