@@ -365,10 +365,37 @@ def children_ticks() -> int:
 
 
 def cpu_task_ticks() -> int:
-    """user+nice+system jiffies of all CPUs: time charged to tasks (irq/softirq excluded, as they are
-    from per-process times)."""
+    """user+nice+system+irq+softirq jiffies of all CPUs. Without IRQ time accounting a tick that lands
+    in an interrupt is also charged to the interrupted process, so per-process times include these."""
     parts = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return int(parts[1]) + int(parts[2]) + int(parts[3])
+    return sum(int(parts[i]) for i in (1, 2, 3, 6, 7))
+
+
+def ctx_switches(pids: list[int]) -> int:
+    """Context switches (voluntary + involuntary) of every thread of these processes."""
+    total = 0
+    for p in pids:
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                status = Path(f"/proc/{p}/task/{t}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
+
+
+def children_switches() -> int:
+    """Context switches of our reaped children (wrk runs)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_nvcsw + ru.ru_nivcsw
 
 
 def cpu_busy(cpu: int | None) -> tuple[int, int]:
@@ -629,11 +656,13 @@ class Bench:
             load_cpu0 = int(self.a.load_cpu.split(",")[0])
             b0, t0 = cpu_busy(load_cpu0)
             a0, u0, k0 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
+            s0 = ctx_switches(up_pids) + children_switches()
             c0, w0 = cpu_ticks(pids), time.monotonic()
             out, res = run_wrk(self.a.load_cpu, port, sc, self.a.duration, self.a.conns)
             c1, w1 = cpu_ticks(tree_pids(proc.pid)), time.monotonic()  # threads may come and go: re-list
             b1, t1 = cpu_busy(load_cpu0)
             a1, u1, k1 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
+            s1 = ctx_switches(up_pids) + children_switches()
             if proc.poll() is not None:
                 raise RuntimeError(f"{sc.name}: server exited during the run")
             (self.work / f"{tag}.wrk.txt").write_text(out)
@@ -649,6 +678,8 @@ class Bench:
             wall_s=wall,
             server_cpu_pct=100 * cpu_s / wall if wall else 0.0,
             load_cpu_pct=100 * (b1 - b0) / max(1, t1 - t0),
+            # How often wrk and the upstream took turns on the load core (see benches/README.md).
+            load_switches_per_kreq=1000 * (s1 - s0) / max(1, res["requests"]),
             cpu_us_per_req=1e6 * cpu_s / max(1, res["requests"]),
             # CPU used by anything but the server, the upstream and wrk (other jobs on a shared box), % of a core
             foreign_cpu_pct=max(0.0, 100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall)
@@ -780,6 +811,7 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> dict[str
             "cpu_us_per_req",
             "server_cpu_pct",
             "load_cpu_pct",
+            "load_switches_per_kreq",
             "foreign_cpu_pct",
         ):
             s[k] = _median(ok, k)
@@ -839,7 +871,7 @@ def print_report(result: dict[str, Any]) -> None:
     if gw["build"] != "release":
         print("  !! _core is a DEBUG build: gateway numbers are not representative")
     print()
-    targets_by = {}
+    targets_by: dict[str, dict[str, Any]] = {}
     for t in result["targets"]:
         targets_by.setdefault(t["scenario"], {})[t["metric"]] = t
 
@@ -864,6 +896,7 @@ def print_report(result: dict[str, Any]) -> None:
         "CPU/req vs gw plain",
         "srv CPU%",
         "load CPU%",
+        "load cs/1k",
         "other CPU%",
         "errors",
         "rounds",
@@ -884,6 +917,7 @@ def print_report(result: dict[str, Any]) -> None:
                 _f(s["cpu_vs_plain"], ".2f") + mark(name, "cpu_vs_plain"),
                 _f(s["server_cpu_pct"], ".0f"),
                 _f(s["load_cpu_pct"], ".0f"),
+                _f(s.get("load_switches_per_kreq"), ".0f"),
                 _f(s["foreign_cpu_pct"], ".0f"),
                 str(s["errors_total"]) + (f" ({s['non2xx_total']} non-2xx)" if s["non2xx_total"] else ""),
                 f"{s['rounds_ok']}"
@@ -905,6 +939,8 @@ def print_report(result: dict[str, Any]) -> None:
         CPU us/req = CPU time (user+sys) of the server's process tree during the measured run / requests
         completed. srv CPU% near 100 = the server's core was the bottleneck; load CPU% near 100 = wrk + the
         upstream (CPU 0) were saturated, so req/s is a floor for that row and CPU us/req is the fair figure.
+        load cs/1k = context switches of wrk + the upstream per 1000 requests: how often they took turns on
+        CPU 0; fewer = longer runs of requests each (benches/README.md, "The load core's rhythm").
         other CPU% = CPU used meanwhile by processes outside the benchmark (% of one core); rows above
         --max-foreign are re-run (--retries) and otherwise marked noisy.""")
     )
