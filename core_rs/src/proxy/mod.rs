@@ -91,25 +91,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// Request-smuggling and framing checks hyper's HTTP/2 server does not make: refuse anything
-/// ambiguous.
-fn framing_error(h: &HeaderMap) -> Option<&'static str> {
-    let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
-    if cls > 1 {
-        return Some("multiple Content-Length headers");
-    }
-    if h.contains_key(header::TRANSFER_ENCODING) {
-        if cls > 0 {
-            return Some("both Content-Length and Transfer-Encoding");
-        }
-        let te: Vec<_> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-        if te.len() != 1 || !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Some("unsupported Transfer-Encoding");
-        }
-    }
-    None
-}
-
 fn host_of(req: &Request<ClientBody>) -> String {
     let raw = req
         .headers()
@@ -166,13 +147,9 @@ pub async fn handle(
     peer: SocketAddr,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
-    // HTTP/1 requests were checked byte by byte before they were parsed (`server::edge`).
+    // Framing (Content-Length, Transfer-Encoding) was checked where the request came in: byte by
+    // byte for HTTP/1 (`server::edge`), on the header map for HTTP/2 (`server::h1::serve_h2`).
     let h1_client = matches!(req.body(), ClientBody::H1(_));
-    if !h1_client {
-        if let Some(why) = framing_error(req.headers()) {
-            return with_close(error_response(StatusCode::BAD_REQUEST, why));
-        }
-    }
     let uri_len = req
         .uri()
         .path_and_query()
@@ -423,8 +400,8 @@ pub async fn handle(
         }
     }
     // Nothing on this route reads the response headers or changes them beyond setting limit-count's
-    // (no plugin sees the response), and hyper does not encode them: the upstream's header lines go
-    // to the client as they are, and limit-count's replace any of the same names.
+    // (no plugin sees the response), and our HTTP/1 server writes the head: the upstream's header
+    // lines go to the client as they are, and limit-count's replace any of the same names.
     let raw_headers = (h1_client
         && route.chain.as_ref().is_none_or(|c| !c.sees_response())
         && gzip_ask.is_none()

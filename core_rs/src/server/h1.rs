@@ -840,6 +840,21 @@ async fn serve<S, F>(
     conn.close().await;
 }
 
+/// Request-smuggling checks hyper's HTTP/2 server does not make: refuse anything ambiguous.
+fn h2_framing_error(h: &HeaderMap) -> Option<&'static str> {
+    let cls = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if cls > 1 {
+        return Some("multiple Content-Length headers");
+    }
+    let mut te = h.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => None,
+        (Some(_), _) if cls > 0 => Some("both Content-Length and Transfer-Encoding"),
+        (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some("unsupported Transfer-Encoding"),
+    }
+}
+
 /// The client socket for hyper's HTTP/2 server: the bytes already read come first.
 struct SharedIo(Rc<Shared>);
 
@@ -896,8 +911,17 @@ where
     F: Future<Output = Response<GwBody>> + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
-        let f = svc(req.map(ClientBody::H2));
-        async move { Ok::<_, Infallible>(f.await) }
+        // A request with ambiguous framing never reaches the service (as `edge` does for HTTP/1).
+        let call = match h2_framing_error(req.headers()) {
+            None => Ok(svc(req.map(ClientBody::H2))),
+            Some(why) => Err(crate::proxy::error_response(StatusCode::BAD_REQUEST, why)),
+        };
+        async move {
+            Ok::<_, Infallible>(match call {
+                Ok(f) => f.await,
+                Err(resp) => resp,
+            })
+        }
     });
     let mut h2conn =
         std::pin::pin!(h2.serve_connection(TokioIo::new(SharedIo(conn.clone())), service));
@@ -922,6 +946,48 @@ mod tests {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn h2_framing_is_checked_on_the_header_map() {
+        let map = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        assert_eq!(h2_framing_error(&map(&[("content-length", "3")])), None);
+        assert_eq!(
+            h2_framing_error(&map(&[("transfer-encoding", "Chunked")])),
+            None
+        );
+        for (pairs, why) in [
+            (
+                &[("content-length", "3"), ("content-length", "3")][..],
+                "multiple Content-Length headers",
+            ),
+            (
+                &[("content-length", "3"), ("transfer-encoding", "chunked")][..],
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                &[("transfer-encoding", "gzip")][..],
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ][..],
+                "unsupported Transfer-Encoding",
+            ),
+        ] {
+            assert_eq!(h2_framing_error(&map(pairs)), Some(why), "{pairs:?}");
+        }
+    }
 
     /// Passes chunks through; hides the length, so the response is chunked.
     struct Same;
