@@ -398,6 +398,15 @@ def children_switches() -> int:
     return ru.ru_nvcsw + ru.ru_nivcsw
 
 
+def ipis_into(cpu: int) -> int:
+    """Reschedule + function-call IPIs CPU `cpu` has received (/proc/interrupts RES and CAL rows). On
+    the load core these are the server's wake-ups of wrk or the upstream that preempt or wake it; in a
+    VM each costs the sending core a VM exit (benches/README.md, "The load core's rhythm")."""
+    lines = Path("/proc/interrupts").read_text().splitlines()
+    col = lines[0].split().index(f"CPU{cpu}") + 1
+    return sum(int(ln.split()[col]) for ln in lines[1:] if ln.split()[:1] in (["RES:"], ["CAL:"]))
+
+
 def cpu_busy(cpu: int | None) -> tuple[int, int]:
     """(busy, total) jiffies of one CPU (None = all CPUs) from /proc/stat."""
     want = "cpu" if cpu is None else f"cpu{cpu}"
@@ -604,6 +613,9 @@ class Bench:
                 # closed every 1000 requests (our default, as nginx's), so both do the same work.
                 "--keepalive-requests",
                 "1000000",
+                # Its own admin port: a gateway already on the default 9180 must not fail the run.
+                "--admin-listen",
+                f"127.0.0.1:{free_port()}",
             ]
             extra = [a.format(d=d, metrics_port=free_port()) for a in sc.gw_args]
             # Metrics and access log are off unless the scenario measures them.
@@ -657,12 +669,14 @@ class Bench:
             b0, t0 = cpu_busy(load_cpu0)
             a0, u0, k0 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
             s0 = ctx_switches(up_pids) + children_switches()
+            i0 = ipis_into(load_cpu0)
             c0, w0 = cpu_ticks(pids), time.monotonic()
             out, res = run_wrk(self.a.load_cpu, port, sc, self.a.duration, self.a.conns)
             c1, w1 = cpu_ticks(tree_pids(proc.pid)), time.monotonic()  # threads may come and go: re-list
             b1, t1 = cpu_busy(load_cpu0)
             a1, u1, k1 = cpu_task_ticks(), cpu_ticks(up_pids), children_ticks()
             s1 = ctx_switches(up_pids) + children_switches()
+            i1 = ipis_into(load_cpu0)
             if proc.poll() is not None:
                 raise RuntimeError(f"{sc.name}: server exited during the run")
             (self.work / f"{tag}.wrk.txt").write_text(out)
@@ -680,6 +694,7 @@ class Bench:
             load_cpu_pct=100 * (b1 - b0) / max(1, t1 - t0),
             # How often wrk and the upstream took turns on the load core (see benches/README.md).
             load_switches_per_kreq=1000 * (s1 - s0) / max(1, res["requests"]),
+            load_ipis_per_kreq=1000 * (i1 - i0) / max(1, res["requests"]),
             cpu_us_per_req=1e6 * cpu_s / max(1, res["requests"]),
             # CPU used by anything but the server, the upstream and wrk (other jobs on a shared box), % of a core
             foreign_cpu_pct=max(0.0, 100 * ((a1 - a0) - (c1 - c0) - (u1 - u0) - (k1 - k0)) / CLK_TCK / wall)
@@ -812,6 +827,7 @@ def summarize(rows: list[dict[str, Any]], scenarios: list[Scenario]) -> dict[str
             "server_cpu_pct",
             "load_cpu_pct",
             "load_switches_per_kreq",
+            "load_ipis_per_kreq",
             "foreign_cpu_pct",
         ):
             s[k] = _median(ok, k)
@@ -897,6 +913,7 @@ def print_report(result: dict[str, Any]) -> None:
         "srv CPU%",
         "load CPU%",
         "load cs/1k",
+        "load IPI/1k",
         "other CPU%",
         "errors",
         "rounds",
@@ -918,6 +935,7 @@ def print_report(result: dict[str, Any]) -> None:
                 _f(s["server_cpu_pct"], ".0f"),
                 _f(s["load_cpu_pct"], ".0f"),
                 _f(s.get("load_switches_per_kreq"), ".0f"),
+                _f(s.get("load_ipis_per_kreq"), ".0f"),
                 _f(s["foreign_cpu_pct"], ".0f"),
                 str(s["errors_total"]) + (f" ({s['non2xx_total']} non-2xx)" if s["non2xx_total"] else ""),
                 f"{s['rounds_ok']}"
@@ -941,6 +959,8 @@ def print_report(result: dict[str, Any]) -> None:
         upstream (CPU 0) were saturated, so req/s is a floor for that row and CPU us/req is the fair figure.
         load cs/1k = context switches of wrk + the upstream per 1000 requests: how often they took turns on
         CPU 0; fewer = longer runs of requests each (benches/README.md, "The load core's rhythm").
+        load IPI/1k = reschedule/call IPIs CPU 0 received per 1000 requests, nearly all sent by the server's
+        wake-ups of wrk and the upstream; in a VM each costs the sending core an exit (~12 us measured here).
         other CPU% = CPU used meanwhile by processes outside the benchmark (% of one core); rows above
         --max-foreign are re-run (--retries) and otherwise marked noisy.""")
     )
