@@ -401,7 +401,7 @@ def children_switches() -> int:
 def ipis_into(cpu: int) -> int:
     """Reschedule + function-call IPIs CPU `cpu` has received (/proc/interrupts RES and CAL rows). On
     the load core these are the server's wake-ups of wrk or the upstream that preempt or wake it; in a
-    VM each costs the sending core a VM exit (benches/README.md, "The load core's rhythm")."""
+    VM each costs the sending core a VM exit (benches/README.md, "Which rhythm the load core runs in")."""
     lines = Path("/proc/interrupts").read_text().splitlines()
     col = lines[0].split().index(f"CPU{cpu}") + 1
     return sum(int(ln.split()[col]) for ln in lines[1:] if ln.split()[:1] in (["RES:"], ["CAL:"]))
@@ -958,9 +958,9 @@ def print_report(result: dict[str, Any]) -> None:
         completed. srv CPU% near 100 = the server's core was the bottleneck; load CPU% near 100 = wrk + the
         upstream (CPU 0) were saturated, so req/s is a floor for that row and CPU us/req is the fair figure.
         load cs/1k = context switches of wrk + the upstream per 1000 requests: how often they took turns on
-        CPU 0; fewer = longer runs of requests each (benches/README.md, "The load core's rhythm").
+        CPU 0; fewer = longer runs of requests each (benches/README.md, "Which rhythm the load core runs in").
         load IPI/1k = reschedule/call IPIs CPU 0 received per 1000 requests, nearly all sent by the server's
-        wake-ups of wrk and the upstream; in a VM each costs the sending core an exit (~12 us measured here).
+        wake-ups of wrk and the upstream; in a VM each costs the sending core an exit (~11 us measured here).
         other CPU% = CPU used meanwhile by processes outside the benchmark (% of one core); rows above
         --max-foreign are re-run (--retries) and otherwise marked noisy.""")
     )
