@@ -11,6 +11,7 @@ import time
 import httpx
 import orjson
 from conftest import free_port, route
+from test_observability import read_lines
 
 
 def echo(resp: httpx.Response) -> dict:
@@ -357,10 +358,11 @@ class StampResponse(Plugin):
 
 def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path):
     """Upstream response headers reach the client the same way whether the route passes them on as
-    received (plain route, a plugin that never sees the response, limit-count adding its headers)
-    or through a header map (a plugin that does, a response whose Connection header names another
-    header): repeated headers kept, hop-by-hop headers and the ones Connection names dropped, one
-    Date, the right length; limit-count's X-RateLimit-* replace the upstream's."""
+    received (plain route, a plugin that never sees the response, limit-count adding its headers,
+    metrics and a log taking the status and sizes) or through a header map (a plugin that does, a
+    response whose Connection header names another header): repeated headers kept, hop-by-hop
+    headers and the ones Connection names dropped, one Date, the right length; limit-count's
+    X-RateLimit-* replace the upstream's; the log's bytes_sent counts the header lines passed on."""
     heads = {
         "/plain": b"Connection: keep-alive\r\nKeep-Alive: timeout=5\r\n",
         "/named": b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\n",
@@ -397,6 +399,7 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "response_header_plugins.py").write_text(RESPONSE_HEADER_PLUGINS)
+    log = tmp_path / "observed.log"
     node = {"nodes": {f"127.0.0.1:{port}": 1}}
     gw = gateway({"routes": [
         {"id": "plain", "uri": "/plain/*", "upstream": node},
@@ -404,10 +407,12 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
         {"id": "stamp", "uri": "/stamp/*", "upstream": node, "plugins": {"stamp-response": {}}},
         {"id": "counted", "uri": "/counted/*", "upstream": node,
          "plugins": {"limit-count": {"count": 100, "time_window": 60}}},
+        {"id": "observed", "uri": "/observed/*", "upstream": node,
+         "plugins": {"prometheus": {}, "file-logger": {"path": str(log), "log_format": {"bytes": "$bytes_sent"}}}},
     ]}, args=["--plugin-dir", str(plugins)])  # fmt: skip
     try:
         with httpx.Client() as client:
-            for prefix in ("/plain", "/access", "/stamp", "/counted"):
+            for prefix in ("/plain", "/access", "/stamp", "/counted", "/observed"):
                 for path in ("/x", "/named"):
                     r = client.get(gw.url + prefix + path)
                     where = prefix + path
@@ -422,5 +427,8 @@ def test_response_headers_pass_through_on_every_kind_of_route(gateway, tmp_path)
                     counted = prefix == "/counted"
                     assert r.headers.get_list("x-ratelimit-limit") == ["100" if counted else "999"], where
                     assert ("x-ratelimit-remaining" in r.headers) == counted, where
+        # Status line + the upstream's Server, Date, Set-Cookie x2, X-Custom, X-RateLimit-Limit + body.
+        kept = 17 + 13 + 37 + 17 + 17 + 13 + 24 + 2
+        assert [orjson.loads(x)["bytes"] >= kept for x in read_lines(log, 2)] == [True, True]
     finally:
         srv.close()

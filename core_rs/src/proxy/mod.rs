@@ -400,15 +400,12 @@ pub async fn handle(
         }
     }
     // Nothing on this route reads the response headers or changes them beyond setting limit-count's
-    // (no plugin sees the response), and our HTTP/1 server writes the head: the upstream's header
-    // lines go to the client as they are, and limit-count's replace any of the same names.
+    // (no plugin sees the response; metrics, logs and traces take the status and sizes only), and
+    // our HTTP/1 server writes the head: the upstream's header lines go to the client as they are,
+    // and limit-count's replace any of the same names.
     let raw_headers = (h1_client
         && route.chain.as_ref().is_none_or(|c| !c.sees_response())
-        && gzip_ask.is_none()
-        && !ex.observed
-        && ex.span_target.is_none()
-        && ex.logs.is_none()
-        && ex.trace.is_none())
+        && gzip_ask.is_none())
     .then_some(if quota.is_some() { QUOTA_HEADERS } else { &[] });
     let to = Forward {
         remote,

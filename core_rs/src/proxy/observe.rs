@@ -192,8 +192,10 @@ fn resp_head_len(r: &Response<GwBody>) -> u64 {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    // Status line plus the Date/Content-Length hyper adds (approximately).
-    (17 + headers + 60) as u64
+    // Header lines passed through as received (the map then holds only what the gateway adds).
+    let raw = r.body().raw_headers().map_or(0, |(lines, _)| lines.len());
+    // Status line plus the Date/Content-Length the server adds (approximately).
+    (17 + headers + raw + 60) as u64
 }
 
 /// Wrap the response so its end records metrics and the access log line; untouched when neither
