@@ -1631,6 +1631,13 @@ impl UpstreamBody {
         c.raw.active.then_some((&c.raw.lines[..], c.raw.date))
     }
 
+    /// The raw header lines to add to, when the response keeps its lines as received (the
+    /// caller writes whole `name: value\r\n` lines of names it asked to leave out).
+    pub fn raw_lines_mut(&mut self) -> Option<&mut Vec<u8>> {
+        let c = self.conn.as_deref_mut()?;
+        c.raw.active.then_some(&mut c.raw.lines)
+    }
+
     fn state(&self) -> BodyState {
         self.conn.as_ref().map_or(BodyState::Done, |c| c.body)
     }

@@ -344,9 +344,11 @@ pub async fn handle(
                     if lc.show_headers {
                         quota_headers(
                             r.headers_mut(),
-                            lc.count,
-                            0,
-                            d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs),
+                            [
+                                lc.count,
+                                0,
+                                d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs),
+                            ],
                         );
                     }
                     return finish_resp(route, preq, r);
@@ -416,7 +418,23 @@ pub async fn handle(
     let resp = proxy_to_upstream(route, &mut out, body, to, ex).await;
     let mut resp = resp;
     if let Some((limit, remaining, reset)) = quota {
-        quota_headers(resp.headers_mut(), limit, remaining, reset);
+        let quota = [limit, remaining, reset];
+        let raw = match resp.body_mut() {
+            GwBody::Upstream(b) => b.raw_lines_mut(),
+            _ => None,
+        };
+        match raw {
+            // Lines passed through: the quota goes out with them (the upstream's own were left out).
+            Some(lines) => {
+                for (name, n) in QUOTA_HEADERS.iter().zip(quota) {
+                    lines.extend_from_slice(name);
+                    lines.extend_from_slice(b": ");
+                    lines.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                    lines.extend_from_slice(b"\r\n");
+                }
+            }
+            None => quota_headers(resp.headers_mut(), quota),
+        }
     }
     let resp = finish_resp(route, preq, resp);
     match gzip_ask {
@@ -515,7 +533,7 @@ const QUOTA_HEADERS: &[&[u8]] = &[
     b"x-ratelimit-reset",
 ];
 
-fn quota_headers(h: &mut HeaderMap, limit: u64, remaining: u64, reset: u64) {
+fn quota_headers(h: &mut HeaderMap, [limit, remaining, reset]: [u64; 3]) {
     h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
     h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
     h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
