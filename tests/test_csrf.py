@@ -81,6 +81,18 @@ def test_csrf_issues_and_checks_tokens(upstream: Up, gateway: Gw) -> None:
         assert c.delete(f"{gw.url}/c").status_code == 401
 
 
+def test_csrf_token_age_counts_whole_seconds() -> None:
+    """A token issued in second T is good through second T + expires, whatever fraction of a second
+    it was issued or checked in (APISIX counts with ngx.time())."""
+    from pygateway.builtin_plugins.csrf import Csrf
+
+    p = Csrf(Csrf.parse_config({"key": "k", "expires": 1}))
+    token = p.make_token(100)  # issued at 100.x
+    assert [p.valid(token, t) for t in (100.0, 100.99, 101.0, 101.99, 102.0, 150.0)] == [
+        True, True, True, True, False, False,
+    ]  # fmt: skip
+
+
 def test_csrf_custom_name_and_expiry(upstream: Up, gateway: Gw) -> None:
     up = upstream()
     gw = gateway({"routes": [route("r", "/c", up, plugins={"csrf": {"key": "k", "name": "x-csrf", "expires": 1}})]})

@@ -75,7 +75,9 @@ class Csrf(Plugin):
         random, issued, sign = data.get("random"), data.get("expires"), data.get("sign")
         if not isinstance(random, str) or not isinstance(issued, int) or not isinstance(sign, str):
             return False
-        if self.conf.expires > 0 and now - issued > self.conf.expires:
+        # Whole seconds, as APISIX's ngx.time(): `issued` was truncated, so a fractional `now` would
+        # expire a token up to a second early (with `expires: 1`, right after it was issued).
+        if self.conf.expires > 0 and int(now) - issued > self.conf.expires:
             return False
         return hmac.compare_digest(sign.encode(), self._sign(random, issued).encode())
 
