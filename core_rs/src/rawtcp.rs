@@ -155,6 +155,9 @@ impl AsyncWrite for RawTcp {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let [one] = bufs {
+            return self.poll_write_with(cx, |fd| send(fd, one));
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total > GATHER_MAX {
             return self.poll_write_with(cx, |fd| sendmsg(fd, bufs));
@@ -222,9 +225,9 @@ mod tests {
         s.shutdown().await.unwrap();
     }
 
-    /// Vectored writes of every size arrive whole and in order: gathered into one `send` (up to
-    /// GATHER_MAX bytes), or `sendmsg` with more slices than IOV_MAX and more bytes than the
-    /// socket buffer takes at once (partial writes).
+    /// Vectored writes of every size arrive whole and in order: one slice sent as it is, several
+    /// gathered into one `send` (up to GATHER_MAX bytes), or `sendmsg` with more slices than
+    /// IOV_MAX and more bytes than the socket buffer takes at once (partial writes).
     #[tokio::test]
     async fn vectored_writes_of_every_size_arrive_in_order() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -241,7 +244,7 @@ mod tests {
             .map(|i| vec![(i % 251) as u8; i % 250 + 1])
             .collect();
         let mut expected = Vec::new();
-        for sizes in [GATHER_MAX - 1, GATHER_MAX, GATHER_MAX + 1, usize::MAX] {
+        for sizes in [1, GATHER_MAX - 1, GATHER_MAX, GATHER_MAX + 1, usize::MAX] {
             // The leading slices whose total stays within `sizes` (all of them for usize::MAX).
             let (mut k, mut total) = (0, 0);
             while k < parts.len() && total + parts[k].len() <= sizes {

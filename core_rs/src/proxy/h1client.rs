@@ -87,7 +87,8 @@ pub struct UpstreamRequest<'a> {
     /// `Some(replaced)`: the caller forwards the response headers untouched to an HTTP/1 client,
     /// so a 2xx response (not to HEAD, not 204) keeps them as encoded lines
     /// ([`UpstreamBody::raw_headers`]) and comes with an empty `HeaderMap`. Lines named in
-    /// `replaced` (lower case) are left out: the caller sets those headers in the map itself.
+    /// `replaced` (lower case) are left out: the caller adds its own ([`UpstreamBody::raw_lines_mut`],
+    /// or the map when the response kept no lines).
     pub raw_headers: Option<&'static [&'static [u8]]>,
 }
 

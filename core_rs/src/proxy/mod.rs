@@ -425,14 +425,7 @@ pub async fn handle(
         };
         match raw {
             // Lines passed through: the quota goes out with them (the upstream's own were left out).
-            Some(lines) => {
-                for (name, n) in QUOTA_HEADERS.iter().zip(quota) {
-                    lines.extend_from_slice(name);
-                    lines.extend_from_slice(b": ");
-                    lines.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                    lines.extend_from_slice(b"\r\n");
-                }
-            }
+            Some(lines) => quota_lines(lines, quota),
             None => quota_headers(resp.headers_mut(), quota),
         }
     }
@@ -526,7 +519,7 @@ pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// The names `quota_headers` sets.
+/// The names `quota_headers` and `quota_lines` set.
 const QUOTA_HEADERS: &[&[u8]] = &[
     b"x-ratelimit-limit",
     b"x-ratelimit-remaining",
@@ -537,6 +530,16 @@ fn quota_headers(h: &mut HeaderMap, [limit, remaining, reset]: [u64; 3]) {
     h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
     h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
     h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
+}
+
+/// The same as encoded header lines, appended to lines passed through from the upstream.
+fn quota_lines(lines: &mut Vec<u8>, quota: [u64; 3]) {
+    for (name, n) in QUOTA_HEADERS.iter().zip(quota) {
+        lines.extend_from_slice(name);
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        lines.extend_from_slice(b"\r\n");
+    }
 }
 
 fn finish_short(chain: &Arc<PyChain>, preq: PyReq, r: ShortResponse) -> Response<GwBody> {
