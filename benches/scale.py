@@ -65,8 +65,8 @@ def in_process(n: int, reps: int) -> dict[str, Any]:
     import io
 
     from pygateway import _core
-    from pygateway.compiled import Compiled
-    from pygateway.registry import Registry
+    from pygateway.config.snapshot import Compiled
+    from pygateway.plugin.registry import Registry
 
     registry = Registry()
     raw = make_raw(n, "127.0.0.1:1980")

@@ -25,7 +25,7 @@ except ImportError:  # run from a checkout without an installed package
     sys.path.insert(0, str(HERE.parent))
 
 from pygateway import _core
-from pygateway.host import ACCESS, Chain
+from pygateway.worker.host import ACCESS, Chain
 
 sys.path.insert(0, str(HERE / "bench_plugins"))
 import pytest_benchmark  # noqa: F401 - a test dependency: fail loudly if it is missing

@@ -191,9 +191,9 @@ def _load_node_config(path: str) -> dict[str, Any]:
 
 def _validate(path: str, plugin_dirs: list[str]) -> int:
     from pygateway import _core
-    from pygateway.config import ConfigError, load_yaml
-    from pygateway.master import check_config
-    from pygateway.registry import PluginLoadError, Registry
+    from pygateway.config.validate import ConfigError, load_yaml
+    from pygateway.master.supervisor import check_config
+    from pygateway.plugin.registry import PluginLoadError, Registry
 
     try:
         raw = load_yaml(path)
@@ -212,7 +212,7 @@ def _validate(path: str, plugin_dirs: list[str]) -> int:
 
 
 def _plugins_list(plugin_dirs: list[str]) -> int:
-    from pygateway.registry import Registry
+    from pygateway.plugin.registry import Registry
 
     reg = Registry(plugin_dirs)
     rows = sorted(reg.plugins.values(), key=lambda f: (-f.cls.priority, f.cls.name))
@@ -225,9 +225,9 @@ def _plugins_list(plugin_dirs: list[str]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from pygateway import _core
-    from pygateway.config import ConfigError
-    from pygateway.master import Master, Settings, StartError
-    from pygateway.registry import PluginLoadError
+    from pygateway.config.validate import ConfigError
+    from pygateway.master.supervisor import Master, Settings, StartError
+    from pygateway.plugin.registry import PluginLoadError
     from pygateway.store.base import StoreError
 
     _settle_run_args(args)

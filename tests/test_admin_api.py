@@ -17,7 +17,7 @@ from conftest import free_port
 
 from pygateway.admin import create_app
 from pygateway.plugin import Plugin
-from pygateway.registry import Found, Registry
+from pygateway.plugin.registry import Found, Registry
 from pygateway.store.base import Item, OnChange, ReadOnlyStore, Store, StoreUnavailable
 from pygateway.store.sqlite import SqliteStore
 

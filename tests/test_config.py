@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import msgspec
 import pytest
 
-from pygateway.config import ConfigError, compile_snapshot, load_yaml, validate
+from pygateway.config.validate import ConfigError, compile_snapshot, load_yaml, validate
 from pygateway.plugin import Plugin
 
 

@@ -1,18 +1,16 @@
 //! pygateway's data plane. Everything but `py/` is free of PyO3, so `cargo test` runs without Python.
-pub mod accesslog;
 pub mod cidr;
-pub mod clock;
 pub mod config;
 pub mod limit;
 pub mod loadgen;
-pub mod metrics;
+pub mod observe;
+pub mod plugins;
 pub mod proxy;
 pub mod py;
-pub mod rawtcp;
 pub mod router;
 pub mod server;
-pub mod shmfile;
-pub mod waitq;
+pub mod sys;
+pub mod upstream;
 
 use pyo3::prelude::*;
 

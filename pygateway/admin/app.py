@@ -52,9 +52,9 @@ from urllib.parse import parse_qsl
 import msgspec
 import orjson
 
-from pygateway import config
+from pygateway.config import validate as config
 from pygateway.admin.dashboard import Dashboard
-from pygateway.registry import Registry
+from pygateway.plugin.registry import Registry
 from pygateway.store.base import Item, ReadOnlyStore, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("pygateway.admin")

@@ -1,5 +1,5 @@
 """The admin API's OpenAPI 3.1 document, with object schemas derived from the msgspec models in
-`pygateway.config` (the same ones that validate writes)."""
+`pygateway.config.validate` (the same ones that validate writes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from pygateway import config
+from pygateway.config import validate as config
 from pygateway.admin.app import PAGE_MAX, PAGE_SIZE_MAX, PAGE_SIZE_MIN
 
 PREFIX = "/apisix/admin"

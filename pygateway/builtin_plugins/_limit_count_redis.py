@@ -38,7 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from pygateway.native import LimitCount
+from pygateway.plugin.native import LimitCount
 from pygateway.plugin import Plugin, Response
 
 from ._common import request_var, resolve

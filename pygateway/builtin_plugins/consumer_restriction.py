@@ -8,7 +8,7 @@
 consumer (no auth plugin authenticated it) gets 401 `{"message": "Missing authentication or identity
 verification."}`; so does a request whose consumer has no group (`consumer_group_id`) or whose route
 has no service (`service_id`). Runs in `access`, after the auth plugins' `rewrite`. The group and
-service ids come from `ctx` (set by `pygateway.host.ContextChain`); the group is known only on routes
+service ids come from `ctx` (set by `pygateway.worker.host.ContextChain`); the group is known only on routes
 whose consumer was identified by a plugin with a `ConsumerConfig` (all the shipped auth plugins).
 """
 

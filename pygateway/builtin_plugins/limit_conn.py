@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pygateway.plugins.limit-conn")
 
-# The worker sets this to the node's shared table (see pygateway.worker); without it (a lone
+# The worker sets this to the node's shared table (see pygateway.worker.main); without it (a lone
 # process) the counts are this process's own.
 SHM_ENV = "PYGATEWAY_SHM"
 CTX_KEY = "limit-conn"

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 import msgspec
 
 from pygateway import Plugin
-from pygateway.config import Upstream, parse_upstream
+from pygateway.config.validate import Upstream, parse_upstream
 
 from ._common import Expr, compile_expr, invalid, request_var
 

@@ -225,7 +225,7 @@ impl ShmTable {
     /// Create (or truncate) the file at `path`, size it for `slots` slots and
     /// initialise the header.
     pub fn create(path: &Path, slots: usize) -> io::Result<ShmTable> {
-        let map = crate::shmfile::create(path, bytes_for(slots)?)?;
+        let map = crate::sys::shmfile::create(path, bytes_for(slots)?)?;
         let table = Self::from_map(map, slots);
         table.init_header(slots);
         Ok(table)
@@ -234,7 +234,7 @@ impl ShmTable {
     /// Map an existing table created by [`ShmTable::create`]; verifies magic,
     /// version and size.
     pub fn open(path: &Path) -> io::Result<ShmTable> {
-        let map = crate::shmfile::open(path, HEADER_BYTES, "limiter table")?;
+        let map = crate::sys::shmfile::open(path, HEADER_BYTES, "limiter table")?;
         let flen = map.len();
         let mut table = Self::from_map(map, 0);
         if table.header(H_MAGIC).load(Ordering::Acquire) != MAGIC {

@@ -1,6 +1,6 @@
 //! One body type for everything the gateway sends: its own short responses, streamed upstream
 //! bodies, streams that pass through a Python `body_filter`, and gzip-compressed streams.
-use crate::proxy::h1client::UpstreamBody;
+use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -25,9 +25,9 @@ pub enum GwBody {
     /// Runs a hook once the body is finished or dropped (the `log` phase: after the response is sent).
     Hooked(Box<(GwBody, DropHook)>),
     /// Counts the bytes sent; its meter records metrics and the access log line when dropped.
-    Metered(Box<(GwBody, crate::proxy::observe::Meter)>),
+    Metered(Box<(GwBody, crate::observe::Meter)>),
     /// Compressed as it streams (the `gzip` plugin).
-    Gzip(Box<crate::proxy::gzip::GzipBody>),
+    Gzip(Box<crate::plugins::gzip::GzipBody>),
 }
 
 const _: () = assert!(

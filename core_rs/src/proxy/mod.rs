@@ -1,27 +1,20 @@
 //! The request path of one worker: checks → normalize → route → plugins → upstream → response.
 pub mod body;
-pub mod gzip;
-pub mod h1client;
-pub mod lb;
-pub mod loggers;
 pub mod normalize;
-pub mod observe;
-pub mod realip;
 pub mod table;
-pub mod trace;
 pub mod vars;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::observe::{Exchange, NodeRef};
 use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
 use crate::server::h1::ClientBody;
+use crate::upstream::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use arc_swap::ArcSwap;
 use body::ChunkFilter;
 use body::{DropHook, GwBody};
 use bytes::Bytes;
-use h1client::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use observe::{Exchange, NodeRef};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -35,7 +28,7 @@ pub struct Shared {
     /// Python callable `submit(coro, waker)` that runs async hooks on the worker's asyncio loop.
     pub submit: Option<Arc<PyObj<pyo3::PyAny>>>,
     pub max_uri_len: usize,
-    pub obs: Rc<observe::Observer>,
+    pub obs: Rc<crate::observe::Observer>,
 }
 
 /// A short JSON error made by the gateway.
@@ -67,13 +60,13 @@ fn short(resp: ShortResponse) -> Response<GwBody> {
     r
 }
 
-/// Remove hop-by-hop headers (`h1client::is_hop_by_hop`), including any the `Connection` header
+/// Remove hop-by-hop headers (`crate::upstream::is_hop_by_hop`), including any the `Connection` header
 /// names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: most requests carry none of them.
     let mut hop: Vec<HeaderName> = h
         .keys()
-        .filter(|k| h1client::is_hop_by_hop(k))
+        .filter(|k| crate::upstream::is_hop_by_hop(k))
         .cloned()
         .collect();
     if hop.is_empty() {
@@ -110,9 +103,9 @@ fn host_of(req: &Request<ClientBody>) -> String {
 fn limit_key<'a>(k: &LimitKey, vars: &'a ReqVars<'a>) -> Option<std::borrow::Cow<'a, str>> {
     use crate::router::VarSource;
     match k {
-        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(crate::accesslog::ip_string(
-            vars.remote,
-        ))),
+        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(
+            crate::observe::accesslog::ip_string(vars.remote),
+        )),
         LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
         LimitKey::Header(h) => vars
             .headers
@@ -223,8 +216,8 @@ pub async fn handle(
             .headers()
             .get("traceparent")
             .and_then(|v| v.to_str().ok());
-        let t = trace::TraceCtx::start(conf, tp);
-        ex.trace_id = Some(trace::hex(&t.trace));
+        let t = crate::plugins::otel::TraceCtx::start(conf, tp);
+        ex.trace_id = Some(crate::plugins::otel::hex(&t.trace));
         if t.sampled {
             ex.span_target = Some((req.method().clone(), req.uri().to_string()));
             ex.mark_start();
@@ -237,7 +230,7 @@ pub async fn handle(
     let gzip_ask = route.gzip.as_ref().map(|g| {
         (
             g,
-            gzip::Ask::of(g, req.method(), req.version(), req.headers()),
+            crate::plugins::gzip::Ask::of(g, req.method(), req.version(), req.headers()),
         )
     });
     let (parts, incoming) = req.into_parts();
@@ -431,7 +424,7 @@ pub async fn handle(
     }
     let resp = finish_resp(route, preq, resp);
     match gzip_ask {
-        Some((conf, ask)) => gzip::apply(conf, &ask, resp),
+        Some((conf, ask)) => crate::plugins::gzip::apply(conf, &ask, resp),
         None => resp,
     }
 }
@@ -439,13 +432,13 @@ pub async fn handle(
 /// What `file-logger` / `http-logger` will log of this request, taken before the request is consumed.
 fn capture_for_loggers(
     ex: &mut Exchange,
-    l: &Arc<loggers::RouteLoggers>,
+    l: &Arc<crate::plugins::loggers::RouteLoggers>,
     req: &Request<ClientBody>,
     client: SocketAddr,
 ) {
-    ex.logs = Some(loggers::LogCapture::new(l, req, client));
+    ex.logs = Some(crate::plugins::loggers::LogCapture::new(l, req, client));
     if ex.trace_id.is_none() {
-        ex.trace_id = observe::trace_id(req);
+        ex.trace_id = crate::observe::trace_id(req);
     }
 }
 
@@ -665,7 +658,7 @@ async fn proxy_to_upstream(
         xff.extend_from_slice(prev.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    crate::accesslog::put_ip(&mut xff, remote);
+    crate::observe::accesslog::put_ip(&mut xff, remote);
     let path_q = match &out.query {
         Some(q) => format!("{}?{}", out.path, q),
         None => std::mem::take(&mut out.path),
@@ -737,10 +730,10 @@ async fn proxy_to_upstream(
         ];
         let extra = &extra[..if orig_host.is_some() { 4 } else { 3 }];
         let req_body = match (body.take(), &out.body) {
-            _ if bodyless => h1client::ReqBody::Empty,
-            (Some(ReqBody::Stream(b)), _) => h1client::ReqBody::Stream(b),
-            (_, Some(b)) => h1client::ReqBody::Full(b.clone()),
-            _ => h1client::ReqBody::Empty,
+            _ if bodyless => crate::upstream::ReqBody::Empty,
+            (Some(ReqBody::Stream(b)), _) => crate::upstream::ReqBody::Stream(b),
+            (_, Some(b)) => crate::upstream::ReqBody::Full(b.clone()),
+            _ => crate::upstream::ReqBody::Empty,
         };
         let target = Target {
             host: target_host,
@@ -765,9 +758,10 @@ async fn proxy_to_upstream(
         let observed = ex.observed || ex.span_target.is_some();
         let sent_at = observed.then(std::time::Instant::now);
         if ex.span_target.is_some() {
-            ex.upstream_start_ns = trace::unix_ns();
+            ex.upstream_start_ns = crate::plugins::otel::unix_ns();
         }
-        let result = h1client::send(&target, req, route.connect_timeout, route.read_timeout).await;
+        let result =
+            crate::upstream::send(&target, req, route.connect_timeout, route.read_timeout).await;
         if let (Some(i), Some(t)) = (tracked, started) {
             u.balancer.on_finish(i, t.elapsed().as_nanos() as u64);
         }

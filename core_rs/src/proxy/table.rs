@@ -2,9 +2,9 @@
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
 use crate::config::{ConsumerLimitsConf, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
-use crate::proxy::lb::{Balancer, LbKind};
 use crate::py::host::PyChain;
 use crate::router::{RouteSpec, Router};
+use crate::upstream::lb::{Balancer, LbKind};
 use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -19,7 +19,7 @@ pub struct RouteTable {
     /// Count requests that match no route (a global rule enables `prometheus`).
     pub metrics_unmatched: bool,
     /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
-    pub unmatched_loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
+    pub unmatched_loggers: Option<Arc<crate::plugins::loggers::RouteLoggers>>,
     /// Native limiters configured on consumers and consumer groups, by username.
     pub consumer_limits: HashMap<String, ConsumerLimits>,
 }
@@ -66,13 +66,13 @@ pub struct CompiledRoute {
     /// Labels for metrics and the access log.
     pub obs: Arc<RouteObs>,
     /// The `opentelemetry` plugin: trace context and spans.
-    pub otel: Option<crate::proxy::trace::OtelConf>,
+    pub otel: Option<crate::plugins::otel::OtelConf>,
     /// The `real-ip` plugin: the client address from a trusted proxy's header.
-    pub real_ip: Option<crate::proxy::realip::RealIp>,
+    pub real_ip: Option<crate::plugins::realip::RealIp>,
     /// `file-logger` / `http-logger`.
-    pub loggers: Option<Arc<crate::proxy::loggers::RouteLoggers>>,
+    pub loggers: Option<Arc<crate::plugins::loggers::RouteLoggers>>,
     /// The `gzip` plugin: compress eligible responses.
-    pub gzip: Option<crate::proxy::gzip::GzipConf>,
+    pub gzip: Option<crate::plugins::gzip::GzipConf>,
 }
 
 /// What metrics and logs say about a route (APISIX's prometheus labels).
@@ -440,11 +440,11 @@ fn compile_route(
     let real_ip = match r.plugins.get("real-ip") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
-            crate::proxy::realip::RealIp::compile(v)
+            crate::plugins::realip::RealIp::compile(v)
                 .map_err(|e| CompileError(format!("routes[{}].plugins.real-ip.{e}", r.id)))?,
         ),
     };
-    let gzip = plugin_conf::<crate::proxy::gzip::RawConf>(r, "gzip")?
+    let gzip = plugin_conf::<crate::plugins::gzip::RawConf>(r, "gzip")?
         .map(|c| c.compile())
         .transpose()
         .map_err(|e| CompileError(format!("routes[{}].plugins.gzip.{e}", r.id)))?;
@@ -474,7 +474,7 @@ fn compile_route(
         obs: Arc::new(obs),
         otel: plugin_conf(r, "opentelemetry")?,
         real_ip,
-        loggers: crate::proxy::loggers::compile(r)?,
+        loggers: crate::plugins::loggers::compile(r)?,
         gzip,
     })
 }
@@ -530,7 +530,7 @@ impl RouteTable {
             router,
             routes,
             metrics_unmatched: snap.metrics_unmatched,
-            unmatched_loggers: crate::proxy::loggers::compile(&RouteConf {
+            unmatched_loggers: crate::plugins::loggers::compile(&RouteConf {
                 id: "global".into(),
                 plugins: snap.unmatched_loggers.clone(),
                 ..Default::default()

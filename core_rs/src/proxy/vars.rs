@@ -83,7 +83,9 @@ impl VarSource for ReqVars<'_> {
         match name {
             "uri" => Some(Cow::Borrowed(self.path)),
             "host" => Some(Cow::Borrowed(self.host)),
-            "remote_addr" => Some(Cow::Owned(crate::accesslog::ip_string(self.remote))),
+            "remote_addr" => Some(Cow::Owned(crate::observe::accesslog::ip_string(
+                self.remote,
+            ))),
             "request_method" => Some(Cow::Borrowed(self.method)),
             "scheme" => Some(Cow::Borrowed(self.scheme)),
             "args" | "query_string" => self.query.map(Cow::Borrowed),

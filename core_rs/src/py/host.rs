@@ -1,6 +1,6 @@
 //! Calling a route's Python plugin chain from the I/O thread.
 //!
-//! The chain is a `pygateway.host.Chain`: one Python call per phase runs every plugin of that phase
+//! The chain is a `pygateway.worker.host.Chain`: one Python call per phase runs every plugin of that phase
 //! (and catches their exceptions), so a request crosses the FFI boundary once per phase, not per plugin.
 //! Async phases are handed to the worker's asyncio loop thread and awaited through a oneshot channel;
 //! the I/O thread keeps serving other requests meanwhile.

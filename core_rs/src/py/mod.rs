@@ -6,15 +6,15 @@ pub mod jwt;
 pub mod loadgen;
 pub mod views;
 
-use crate::accesslog::{AccessLog, LogFormat, Sink};
 use crate::config::Snapshot;
 use crate::limit::{key_hash, monotonic_ns, Acquire, ShmTable};
-use crate::metrics::shm::MetricsShm;
-use crate::metrics::Recorder;
-use crate::proxy::loggers::HttpLogQueue;
-use crate::proxy::observe::Observer;
+use crate::observe::accesslog::{AccessLog, LogFormat, Sink};
+use crate::observe::metrics::shm::MetricsShm;
+use crate::observe::metrics::Recorder;
+use crate::observe::Observer;
+use crate::plugins::loggers::HttpLogQueue;
+use crate::plugins::otel::{hex, SpanQueue};
 use crate::proxy::table::RouteTable;
-use crate::proxy::trace::{hex, SpanQueue};
 use crate::proxy::vars::ReqVars;
 use crate::proxy::Shared;
 use crate::server::{self, Limits};
@@ -227,7 +227,7 @@ impl Worker {
     }
 
     /// Compile and publish a config snapshot; requests in flight finish on the table they started with.
-    /// `chains` maps route id → `pygateway.host.Chain`.
+    /// `chains` maps route id → `pygateway.worker.host.Chain`.
     fn apply(&self, py: Python<'_>, snapshot: &[u8], chains: &Bound<'_, PyDict>) -> PyResult<u64> {
         let table = compile(py, snapshot, Some(chains))?;
         let version = table.version;
@@ -396,7 +396,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every worker's counters, summed.
     fn render(&self, py: Python<'_>) -> String {
-        py.detach(|| crate::metrics::render(&self.shm))
+        py.detach(|| crate::observe::metrics::render(&self.shm))
     }
 }
 

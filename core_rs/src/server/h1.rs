@@ -14,10 +14,10 @@
 use super::edge::{EdgeIo, H2_PREFACE};
 use super::LocalExec;
 use crate::proxy::body::{BoxError, GwBody};
-use crate::proxy::h1client::{
+use crate::sys::rawtcp::RawTcp;
+use crate::upstream::{
     chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder,
 };
-use crate::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -468,7 +468,7 @@ fn date_line(out: &mut Vec<u8>) {
     thread_local! {
         static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
     }
-    let now = crate::clock::wall();
+    let now = crate::sys::clock::wall();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -5,10 +5,10 @@ pub mod edge;
 pub mod h1;
 mod idle;
 
-use crate::accesslog::Capture;
-use crate::metrics::shm::{G_INFLIGHT, G_REQUESTS};
-use crate::proxy::{self, body::GwBody, observe, Shared};
-use crate::rawtcp::RawTcp;
+use crate::observe::accesslog::Capture;
+use crate::observe::metrics::shm::{G_INFLIGHT, G_REQUESTS};
+use crate::proxy::{self, body::GwBody, Shared};
+use crate::sys::rawtcp::RawTcp;
 use h1::ClientBody;
 use hyper::server::conn::http2;
 use hyper::{Request, Response};
@@ -164,10 +164,10 @@ pub async fn serve(
                         obs.housekeeping.note();
                         obs.rec.bump(G_INFLIGHT, 1);
                         let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
-                        let mut ex = observe::Exchange::default();
+                        let mut ex = crate::observe::Exchange::default();
                         if capture.is_some() {
                             ex.mark_start();
-                            ex.trace_id = observe::trace_id(&req);
+                            ex.trace_id = crate::observe::trace_id(&req);
                         }
                         // Boxed in place: the ~3 KB proxy state is built on the heap once; returned by
                         // value it would be copied into the connection's future (hyper's HTTP/2 server
@@ -177,7 +177,7 @@ pub async fn serve(
                         if close {
                             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
-                        observe::meter(&obs, resp, ex, capture)
+                        crate::observe::meter(&obs, resp, ex, capture)
                     }
                 });
                 let io = edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone());
@@ -213,7 +213,7 @@ pub async fn serve(
 /// Flush access log (and file-logger) lines at least every 100 ms and pull Python plugin timings
 /// once a second while requests come; sleep while the worker is idle. Reopen the log files on
 /// SIGUSR1 (logrotate).
-async fn log_housekeeping(obs: Rc<observe::Observer>) {
+async fn log_housekeeping(obs: Rc<crate::observe::Observer>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut usr1 = signal(SignalKind::user_defined1()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(100));

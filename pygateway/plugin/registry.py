@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from pygateway.native import NATIVE_PLUGINS
+from pygateway.plugin.native import NATIVE_PLUGINS
 from pygateway.plugin import Plugin
 
 log = logging.getLogger("pygateway.registry")

@@ -21,9 +21,9 @@ from typing import Any, BinaryIO
 import msgspec
 import orjson
 
-from pygateway.config import Config, PluginConf, compile_snapshot, validate
-from pygateway.host import Chain, ConsumerPlugins, ConsumerTable, make_chain
-from pygateway.registry import Registry
+from pygateway.config.validate import Config, PluginConf, compile_snapshot, validate
+from pygateway.worker.host import Chain, ConsumerPlugins, ConsumerTable, make_chain
+from pygateway.plugin.registry import Registry
 
 log = logging.getLogger("pygateway.compiled")
 PluginSpecs = list[tuple[str, Any]]

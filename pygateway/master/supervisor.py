@@ -26,11 +26,11 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.compiled import Compiled
-from pygateway.config import ConfigError
-from pygateway.control import AdminServer, FileSource, StoreSource, admin_keys
+from pygateway.config.snapshot import Compiled
+from pygateway.config.validate import ConfigError
+from pygateway.master.sources import AdminServer, FileSource, StoreSource, admin_keys
 from pygateway.fswatch import DirWatch
-from pygateway.registry import Registry
+from pygateway.plugin.registry import Registry
 from pygateway.store.base import Store, StoreError
 
 log = logging.getLogger("pygateway.master")
@@ -40,11 +40,11 @@ START_TIMEOUT = 20.0
 # Workers import pygateway from where the master did. (`python -m pygateway.worker` would put the
 # current directory first on sys.path: run from a source checkout after `pip install .`, it would pick
 # up the checkout's pygateway, which has no compiled extension.)
-_PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+_PKG_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 WORKER_BOOT = [
     sys.executable,
     "-c",
-    f"import sys; sys.path[0] = {_PKG_ROOT!r}; import pygateway.worker as w; sys.exit(w.main(sys.argv[2:]))",
+    f"import sys; sys.path[0] = {_PKG_ROOT!r}; import pygateway.worker.main as w; sys.exit(w.main(sys.argv[2:]))",
     "pygateway.worker",  # names the process in `ps`; main() parses the flags after it
 ]
 POLL_INTERVAL = 0.5  # a config file without inotify is polled this often
@@ -217,14 +217,14 @@ class Master:
         """The metrics and status port (Prometheus, Kubernetes probes)."""
         if self.s.metrics_listen is None:
             return
-        from pygateway.status import create_app
+        from pygateway.master.status import create_app
 
         host, port = self.s.metrics_listen
         self.status_server = AdminServer(create_app(self), host, port, name="pygateway-status")
         self.status_server.start()
 
     def metrics_text(self) -> str:
-        from pygateway.status import master_metrics
+        from pygateway.master.status import master_metrics
 
         ready = sum(1 for w in list(self.workers.values()) if w.applied >= self.version)
         return self.metrics.render() + master_metrics(self.version, self.reloaded_at, len(self.workers), ready)

@@ -10,7 +10,8 @@
 //! a connection is only ever put back into the pool of the thread that opened it (its socket is
 //! registered with that thread's reactor) — a body finished or dropped on another thread just closes
 //! its connection.
-use crate::rawtcp::RawTcp;
+pub mod lb;
+use crate::sys::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -247,7 +248,7 @@ fn checkout(hash: u64, target: &Target<'_>) -> Option<Box<Conn>> {
         if slot.idle.is_empty() {
             return None;
         }
-        let now = crate::clock::monotonic_ms();
+        let now = crate::sys::clock::monotonic_ms();
         let max_age = idle_timeout_ms();
         while let Some(mut c) = slot.idle.pop_back() {
             if now.saturating_sub(c.idle_since_ms) > max_age {
@@ -272,7 +273,7 @@ fn checkin(mut conn: Box<Conn>) {
     if max == 0 {
         return;
     }
-    let now = crate::clock::monotonic_ms();
+    let now = crate::sys::clock::monotonic_ms();
     conn.idle_since_ms = now;
     let max_age = idle_timeout_ms();
     let _ = POOL.try_with(|p| {
@@ -549,7 +550,7 @@ async fn connect(
             tls: target.tls,
             hash,
             owner: thread_token(),
-            idle_since_ms: crate::clock::monotonic_ms(),
+            idle_since_ms: crate::sys::clock::monotonic_ms(),
             timer: None,
             body: BodyState::Done,
             reusable: false,
@@ -672,7 +673,7 @@ fn encode_head(
         ReqFraming::GivenLength(_) => {}
         ReqFraming::Length(n) => {
             buf.extend_from_slice(b"content-length: ");
-            crate::accesslog::put_u64(buf, n);
+            crate::observe::accesslog::put_u64(buf, n);
             buf.extend_from_slice(b"\r\n");
         }
         ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -1374,7 +1375,7 @@ struct Timer(Pin<Box<tokio::time::Sleep>>, u64);
 /// proxied request); this costs a read of the coarse clock.
 async fn within<F: Future>(timer: &mut Option<Timer>, dur: Duration, fut: F) -> Option<F::Output> {
     let dur_ms = dur.as_millis() as u64;
-    let due = crate::clock::monotonic_ms() + dur_ms;
+    let due = crate::sys::clock::monotonic_ms() + dur_ms;
     let timer = match timer {
         Some(t) if t.1 <= due => t,
         Some(t) => {
@@ -1390,7 +1391,7 @@ async fn within<F: Future>(timer: &mut Option<Timer>, dur: Duration, fut: F) -> 
             return Poll::Ready(Some(r));
         }
         while timer.0.as_mut().poll(cx).is_ready() {
-            let now = crate::clock::monotonic_ms();
+            let now = crate::sys::clock::monotonic_ms();
             if now >= due {
                 return Poll::Ready(None);
             }

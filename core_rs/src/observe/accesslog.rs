@@ -256,7 +256,7 @@ impl Capture {
             peer,
             host,
             // Coarse, like nginx's cached time: the fields print seconds or milliseconds.
-            wall: crate::clock::wall(),
+            wall: crate::sys::clock::wall(),
             headers: fmt
                 .headers
                 .iter()

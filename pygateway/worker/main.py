@@ -1,7 +1,7 @@
 """A worker process: the Rust data plane on the main thread, a config reader thread, an asyncio loop.
 
-Started by the master as `python -m pygateway.worker`. stdin brings compiled configs (see
-`pygateway.compiled`); stdout answers one JSON object per line: `{"applied": N}`,
+Started by the master (see `pygateway.master.supervisor`). stdin brings compiled configs (see
+`pygateway.config.snapshot`); stdout answers one JSON object per line: `{"applied": N}`,
 `{"rejected": N, "error": "..."}`, or `{"fatal": "..."}` before exiting.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.compiled import Compiled
-from pygateway.host import AsyncLoop, drain_plugin_times
-from pygateway.http_logger import Sender
-from pygateway.registry import PluginLoadError, Registry
+from pygateway.config.snapshot import Compiled
+from pygateway.worker.host import AsyncLoop, drain_plugin_times
+from pygateway.worker.http_logger import Sender
+from pygateway.plugin.registry import PluginLoadError, Registry
 
 log = logging.getLogger("pygateway.worker")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         _say({"fatal": str(exc)})
         return 1
     if args.otlp_endpoint:
-        from pygateway.otel import Exporter
+        from pygateway.worker.otel import Exporter
 
         Exporter(worker, args.otlp_endpoint, args.otlp_service_name).start()
     Sender(worker).start()  # idle unless a route has http-logger

@@ -7,10 +7,10 @@
 //!   (`pygateway/http_logger.py`) drains, batches and POSTs. An entry counts as pending from its
 //!   push until the sender reports its batch delivered or given up; when `max_pending_entries` are
 //!   pending, new entries are dropped and counted instead of queued without bound.
-use crate::accesslog::{AccessLog, Capture, Done, LogFormat, Sink};
 use crate::config::RouteConf;
+use crate::observe::accesslog::{AccessLog, Capture, Done, LogFormat, Sink};
+use crate::observe::waitq::WaitQueue;
 use crate::proxy::table::CompileError;
-use crate::waitq::WaitQueue;
 use serde_json::Value;
 use std::cell::RefCell;
 use std::collections::HashMap;

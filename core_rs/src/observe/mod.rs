@@ -1,15 +1,18 @@
 //! What a finished request leaves behind: its metrics sample and its access log line, both made in
 //! Rust when the response body is done (or dropped), never by Python.
-use crate::accesslog::{AccessLog, Capture, Done};
-use crate::metrics::shm::{
+pub mod accesslog;
+pub mod metrics;
+pub mod waitq;
+use crate::observe::accesslog::{AccessLog, Capture, Done};
+use crate::observe::metrics::shm::{
     G_CONN_ACCEPTED, G_CONN_ACTIVE, G_CONN_HANDLED, G_FILE_LOG_DROPPED, G_HTTP_LOG_DROPPED,
     G_HTTP_LOG_FAILED, G_LOG_DROPPED, G_SPANS_DROPPED,
 };
-use crate::metrics::{HttpSample, Recorder};
+use crate::observe::metrics::{HttpSample, Recorder};
+use crate::plugins::loggers::{LogCapture, LoggerSinks};
+use crate::plugins::otel::{self as trace, Span, SpanQueue, TraceCtx};
 use crate::proxy::body::GwBody;
-use crate::proxy::loggers::{LogCapture, LoggerSinks};
 use crate::proxy::table::{RouteObs, Upstream};
-use crate::proxy::trace::{self, Span, SpanQueue, TraceCtx};
 use http::Response;
 use std::cell::Cell;
 use std::rc::Rc;
@@ -163,7 +166,11 @@ impl Exchange {
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id<B>(req: &http::Request<B>) -> Option<String> {
-    let v = req.headers().get(&super::TRACEPARENT)?.to_str().ok()?;
+    let v = req
+        .headers()
+        .get(&crate::proxy::TRACEPARENT)?
+        .to_str()
+        .ok()?;
     trace::parse_traceparent(v).map(|(t, _, _)| trace::hex(&t))
 }
 

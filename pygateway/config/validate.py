@@ -27,7 +27,7 @@ Choices where APISIX is silent or where we are deliberately more lenient (docume
 - `_meta` keys other than `disable` (priority, filter, error_response) are accepted and ignored.
 - `consumer_groups` (id, name, desc, labels, plugins) are supported; a consumer's `group_id` must name
   one. Their plugin confs are route-style confs (validated with `parse_config`), merged into a route's
-  plugins when a consumer of the group is identified (see `pygateway.host.ConsumerTable`).
+  plugins when a consumer of the group is identified (see `pygateway.worker.host.ConsumerTable`).
 - upstream `checks`, `keepalive_pool`, `retry_timeout` are accepted and ignored; service discovery,
   route `filter_func`/`script` and `grpc(s)` schemes are rejected (unknown field / invalid value).
 - `#END` (which APISIX waits for before reloading) is optional: it is just a YAML comment here.

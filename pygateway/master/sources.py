@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import uvicorn
 
-from pygateway.config import load_yaml
+from pygateway.config.validate import load_yaml
 from pygateway.store.base import Change, Store, StoreUnavailable
 
 log = logging.getLogger("pygateway.control")

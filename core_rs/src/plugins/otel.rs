@@ -2,7 +2,7 @@
 //! start one), decide sampling, tell the upstream (`traceparent`), and queue finished spans. The
 //! queue is drained about once a second by the worker's exporter thread (OTLP/HTTP), never per
 //! request; when it is full, spans are dropped and counted.
-use crate::waitq::WaitQueue;
+use crate::observe::waitq::WaitQueue;
 use serde::Deserialize;
 use std::cell::Cell;
 use std::sync::Arc;

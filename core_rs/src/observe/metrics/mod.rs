@@ -493,7 +493,7 @@ mod cost {
         let shm = Arc::new(MetricsShm::anonymous(1, 1 << 20).unwrap());
         let r = Recorder::new(shm, 0);
         let n = 1_000_000;
-        let t = crate::accesslog::cost::thread_cpu_ns();
+        let t = crate::observe::accesslog::cost::thread_cpu_ns();
         for i in 0..n {
             r.http(&HttpSample {
                 code: 200,
@@ -511,7 +511,7 @@ mod cost {
         }
         println!(
             "{:.0} ns per sample",
-            (crate::accesslog::cost::thread_cpu_ns() - t) as f64 / n as f64
+            (crate::observe::accesslog::cost::thread_cpu_ns() - t) as f64 / n as f64
         );
     }
 }

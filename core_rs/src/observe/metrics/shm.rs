@@ -51,7 +51,7 @@ fn invalid(msg: &str) -> io::Error {
 impl MetricsShm {
     pub fn create(path: &Path, slabs: usize, slab_bytes: usize) -> io::Result<MetricsShm> {
         let slab_bytes = slab_bytes.next_multiple_of(64).max(ENTRIES_AT + 64);
-        let map = crate::shmfile::create(path, HEADER + slabs.max(1) * slab_bytes)?;
+        let map = crate::sys::shmfile::create(path, HEADER + slabs.max(1) * slab_bytes)?;
         Ok(Self::init(map, slabs.max(1), slab_bytes))
     }
 
@@ -80,7 +80,7 @@ impl MetricsShm {
     }
 
     pub fn open(path: &Path) -> io::Result<MetricsShm> {
-        let mut map = crate::shmfile::open(path, HEADER, "metrics")?;
+        let mut map = crate::sys::shmfile::open(path, HEADER, "metrics")?;
         let flen = map.len();
         let base = map.as_mut_ptr();
         let mut m = MetricsShm {

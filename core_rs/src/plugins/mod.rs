@@ -1,0 +1,5 @@
+//! Native (Rust) plugins and per-route features compiled from plugin configs.
+pub mod gzip;
+pub mod loggers;
+pub mod otel;
+pub mod realip;
