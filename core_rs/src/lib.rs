@@ -1,6 +1,7 @@
 //! pygateway's data plane. Everything but `py/` is free of PyO3, so `cargo test` runs without Python.
 pub mod cidr;
 pub mod config;
+pub mod http1;
 pub mod limit;
 pub mod loadgen;
 pub mod observe;

@@ -6,7 +6,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http1::BoxError;
 
 /// Transforms data chunks of a streamed body (the Python `body_filter` chain implements it).
 pub trait ChunkFilter: Send {

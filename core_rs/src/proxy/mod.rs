@@ -33,11 +33,7 @@ pub struct Shared {
 
 /// A short JSON error made by the gateway.
 pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
-    let body = format!(
-        "{{\"error_msg\":{}}}",
-        serde_json::Value::String(msg.into())
-    );
-    let mut r = Response::new(GwBody::full(body));
+    let mut r = Response::new(GwBody::full(crate::http1::error_body(msg)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -4,7 +4,8 @@
 //! (and catches their exceptions), so a request crosses the FFI boundary once per phase, not per plugin.
 //! Async phases are handed to the worker's asyncio loop thread and awaited through a oneshot channel;
 //! the I/O thread keeps serving other requests meanwhile.
-use crate::proxy::body::{BoxError, ChunkFilter};
+use crate::http1::BoxError;
+use crate::proxy::body::ChunkFilter;
 use crate::py::views::{
     lock_state, lock_status, response_parts, PyHeaders, PyRequest, PyResponseView, ReqState,
 };
@@ -139,7 +140,7 @@ pub fn internal_error(what: &str) -> ShortResponse {
     ShortResponse {
         status: 500,
         headers: vec![("content-type".into(), "application/json".into())],
-        body: format!("{{\"error_msg\":\"{what}\"}}").into_bytes(),
+        body: crate::http1::error_body(what),
     }
 }
 

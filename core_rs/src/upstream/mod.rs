@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::http1::BoxError;
 
 /// Largest accepted response head (status line + headers).
 const MAX_HEAD: usize = 64 * 1024;

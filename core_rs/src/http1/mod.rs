@@ -1,0 +1,27 @@
+//! The HTTP/1 wire format shared by the downstream server (`server/`) and the upstream client
+//! (`upstream/`): what both sides of the proxy need to read and write HTTP/1.1 messages. Nothing here
+//! knows about routes, plugins or sockets.
+
+/// The error type of every body in the gateway (request bodies, upstream bodies, filtered bodies).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of every error the gateway makes itself: `{"error_msg": "<msg>"}`, APISIX's shape, with
+/// `msg` JSON-escaped.
+pub fn error_body(msg: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 16);
+    out.extend_from_slice(b"{\"error_msg\":");
+    out.extend_from_slice(serde_json::Value::String(msg.into()).to_string().as_bytes());
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_body_is_json_with_the_message_escaped() {
+        let b = super::error_body("bad \"x\"\n");
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["error_msg"], "bad \"x\"\n");
+        assert_eq!(super::error_body("a"), b"{\"error_msg\":\"a\"}");
+    }
+}
