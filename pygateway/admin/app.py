@@ -52,8 +52,8 @@ from urllib.parse import parse_qsl
 import msgspec
 import orjson
 
-from pygateway.config import validate as config
 from pygateway.admin.dashboard import Dashboard
+from pygateway.config import validate as config
 from pygateway.plugin.registry import Registry
 from pygateway.store.base import Item, ReadOnlyStore, Store, StoreError, StoreUnavailable
 

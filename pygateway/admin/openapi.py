@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from pygateway.config import validate as config
 from pygateway.admin.app import PAGE_MAX, PAGE_SIZE_MAX, PAGE_SIZE_MIN
+from pygateway.config import validate as config
 
 PREFIX = "/apisix/admin"
 REF = "#/components/schemas/{name}"

@@ -38,8 +38,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from pygateway.plugin.native import LimitCount
 from pygateway.plugin import Plugin, Response
+from pygateway.plugin.native import LimitCount
 
 from ._common import request_var, resolve
 

@@ -22,8 +22,8 @@ import msgspec
 import orjson
 
 from pygateway.config.validate import Config, PluginConf, compile_snapshot, validate
-from pygateway.worker.host import Chain, ConsumerPlugins, ConsumerTable, make_chain
 from pygateway.plugin.registry import Registry
+from pygateway.worker.host import Chain, ConsumerPlugins, ConsumerTable, make_chain
 
 log = logging.getLogger("pygateway.compiled")
 PluginSpecs = list[tuple[str, Any]]

@@ -28,8 +28,8 @@ import orjson
 from pygateway import _core
 from pygateway.config.snapshot import Compiled
 from pygateway.config.validate import ConfigError
-from pygateway.master.sources import AdminServer, FileSource, StoreSource, admin_keys
 from pygateway.fswatch import DirWatch
+from pygateway.master.sources import AdminServer, FileSource, StoreSource, admin_keys
 from pygateway.plugin.registry import Registry
 from pygateway.store.base import Store, StoreError
 

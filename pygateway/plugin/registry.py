@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from pygateway.plugin.native import NATIVE_PLUGINS
 from pygateway.plugin import Plugin
+from pygateway.plugin.native import NATIVE_PLUGINS
 
 log = logging.getLogger("pygateway.registry")
 ENTRY_POINT_GROUP = "pygateway.plugins"

@@ -19,9 +19,9 @@ import orjson
 
 from pygateway import _core
 from pygateway.config.snapshot import Compiled
+from pygateway.plugin.registry import PluginLoadError, Registry
 from pygateway.worker.host import AsyncLoop, drain_plugin_times
 from pygateway.worker.http_logger import Sender
-from pygateway.plugin.registry import PluginLoadError, Registry
 
 log = logging.getLogger("pygateway.worker")
 
