@@ -4,7 +4,7 @@
 
 (a) in-process, for N=10 and N=`--routes`: a config of N routes (a mix of exact, prefix, `:param`
     and host-bound routes) where one route changes, and the parts of what that costs: on the master
-    `Compiled.from_raw` (validate + compile, reusing unchanged objects), the dry run (plugin chains +
+    `compile_config` (validate + compile, reusing unchanged objects), the dry run (plugin chains +
     `_core.check_snapshot`) and the message; on a worker the message decode, the plugin chains and
     the Rust compile+swap (`_core.Worker().apply`) of the whole table.
 (b) end to end: N routes written straight into a fresh data dir's config.db (SqliteStore) before
@@ -65,8 +65,9 @@ def in_process(n: int, reps: int) -> dict[str, Any]:
     import io
 
     from pygateway import _core
-    from pygateway.config.snapshot import Compiled
+    from pygateway.config.snapshot import compile_config
     from pygateway.plugin.registry import Registry
+    from pygateway.worker.compiled import Compiled
 
     registry = Registry()
     raw = make_raw(n, "127.0.0.1:1980")
@@ -79,7 +80,7 @@ def in_process(n: int, reps: int) -> dict[str, Any]:
         version += 1
         raw["routes"][0]["uri"] = f"/changed/{version}"  # one route changes per round
         # master: validate + compile (unchanged objects reused), dry run, encode
-        t_comp, compiled = timed(Compiled.from_raw, raw, version, registry)
+        t_comp, compiled = timed(compile_config, raw, version, registry)
         t_dry, _ = timed(lambda c=compiled: (c.chains(registry), _core.check_snapshot(c.snapshot)))
         t_msg, msg = timed(compiled.encode)
         # worker: decode, instantiate plugin chains, compile + swap in Rust

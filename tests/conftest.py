@@ -1,132 +1,31 @@
-"""Fixtures: real processes on free loopback ports. `upstream()` starts an echo server, `gateway()`
+"""Fixtures (the helpers they use are in `helpers.py`): real processes on free loopback ports. `upstream()` starts an echo server, `gateway()`
 starts `pygateway run` on a config, both torn down after the test."""
 
 from __future__ import annotations
 
-import os
-import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers import (
+    ADMIN_KEY,
+    HERE,
+    ROOT,
+    VIEWER_KEY,
+    Gateway,
+    Upstream,
+    free_port,
+    stop_process,
+    wait_port,
+    write_config,
+)
 
 # The real etcd server fixture (`etcd`) lives in etcd_server.py.
 pytest_plugins = ["etcd_server"]
-
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range: a port the kernel picked for us
-    (bind to 0) can be taken by some outgoing connection's local port before the server binds it."""
-    lo, _hi = _ephemeral_range()
-    for _ in range(1000):
-        port = random.randrange(max(1024, lo - 12000), lo)
-        if port in _handed_out:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-class Upstream:
-    def __init__(self, name: str, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.name, self.proc, self.port = name, proc, port
-        self.addr = f"127.0.0.1:{port}"
-        self.url = f"http://{self.addr}"
-
-
-ADMIN_KEY = "test-admin-key"
-VIEWER_KEY = "test-viewer-key"
-
-
-class Gateway:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, config_path: Path, log_path: Path,
-                 admin_port: int, metrics_port: int) -> None:  # fmt: skip
-        self.proc, self.port, self.config_path, self.log_path = proc, port, config_path, log_path
-        self.metrics_url = f"http://127.0.0.1:{metrics_port}"
-        self.url = f"http://127.0.0.1:{port}"
-        self.admin_url = f"http://127.0.0.1:{admin_port}/apisix/admin"
-        self.admin_headers = {"X-API-KEY": ADMIN_KEY}
-        self.version = 1
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, needle: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.log():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{needle!r} not in gateway log:\n{self.log()}")
-
-    def update(self, config: dict[str, Any] | str, expect_ok: bool = True) -> None:
-        """Rewrite the config file; wait until every worker applied it (or the master rejected it)."""
-        write_config(self.config_path, config)
-        if expect_ok:
-            self.version += 1
-            self.wait_log(f"config version {self.version} applied by all workers")
-        else:
-            self.wait_log("rejected; still serving version")
-
-    def worker_pids(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False).stdout
-        return [int(p) for p in out.split()]
-
-
-def write_config(path: Path, config: dict[str, Any] | str) -> None:
-    text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic, like an editor's save
-
-
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -147,7 +46,7 @@ def upstream() -> Iterator[Callable[..., Upstream]]:
 
     yield start
     for up in started:
-        _stop(up.proc, signal.SIGTERM)
+        stop_process(up.proc, signal.SIGTERM)
 
 
 @pytest.fixture
@@ -178,11 +77,6 @@ def gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     yield start
     for gw in started:
-        _stop(gw.proc)
+        stop_process(gw.proc)
 
 
-def route(rid: str, uri: str, *nodes: Upstream, **extra: Any) -> dict[str, Any]:
-    """A route dict in APISIX shape, proxying to the given upstreams."""
-    r: dict[str, Any] = {"id": rid, "uri": uri, "upstream": {"nodes": {n.addr: 1 for n in nodes}}}
-    r.update(extra)
-    return r

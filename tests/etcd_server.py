@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from helpers import free_port
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 

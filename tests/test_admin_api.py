@@ -13,7 +13,7 @@ import httpx
 import msgspec
 import pytest
 import uvicorn
-from conftest import free_port
+from helpers import free_port
 
 from pygateway.admin import create_app
 from pygateway.plugin import Plugin

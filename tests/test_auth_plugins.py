@@ -4,17 +4,13 @@ a gateway process in front of the echo upstream, which answers with what it rece
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
-
-from tests.conftest import ROOT, Gateway, Upstream, free_port, route
+from helpers import Gateway, Upstream, consumer, free_port, route, sent, validate
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]
@@ -24,22 +20,6 @@ Gw = Callable[..., Gateway]
 def client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=10) as c:
         yield c
-
-
-def sent(resp: httpx.Response, name: str) -> list[str]:
-    """Values of a request header as the echo upstream received it."""
-    return [v for k, v in resp.json()["headers"] if k.lower() == name.lower()]
-
-
-def consumer(username: str, **plugins: Any) -> dict[str, Any]:
-    return {"username": username, "plugins": plugins}
-
-
-def validate(tmp_path: Path, cfg: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "check.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return subprocess.run([sys.executable, "-m", "pygateway.cli", "validate", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
 
 
 # ============================================================================ key-auth

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 from pygateway.bench.report import fmt_us
 

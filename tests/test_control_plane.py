@@ -11,7 +11,7 @@ import sys
 import time
 
 import httpx
-from conftest import ROOT, free_port, wait_port
+from helpers import ROOT, free_port, wait_port
 
 
 def wait_status(url: str, status: int, timeout: float = 5.0, **kw) -> httpx.Response:

@@ -12,9 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.conftest import Gateway, Upstream, route
-from tests.test_auth_plugins import validate
+from helpers import Gateway, Upstream, route, validate
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import websocket
-from conftest import ADMIN_KEY, ROOT, VIEWER_KEY, free_port
+from helpers import ADMIN_KEY, ROOT, VIEWER_KEY, free_port
 
 WIDTH, HEIGHT = 1280, 960
 ROWS = "[...document.querySelectorAll('#routes tbody tr')]"  # the routes table's rows, in page JS

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import pytest
-from conftest import free_port, route
+from helpers import free_port, route
 
 ROOT = Path(__file__).parent.parent
 

@@ -13,9 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.conftest import Gateway, Upstream, free_port, route
-from tests.test_auth_plugins import sent, validate
+from helpers import Gateway, Upstream, free_port, route, sent, validate
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]

@@ -22,8 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 import yaml
-
-from tests.conftest import ROOT, Gateway
+from helpers import ROOT, Gateway
 
 GatewayFactory = Callable[..., Gateway]
 

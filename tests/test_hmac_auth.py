@@ -14,9 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from tests.conftest import Gateway, Upstream, route
-from tests.test_auth_plugins import consumer, sent, validate
+from helpers import Gateway, Upstream, consumer, route, sent, validate
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]

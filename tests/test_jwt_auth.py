@@ -15,10 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers import Gateway, Upstream, consumer, route, sent, validate
 
 from pygateway._core import check_jws_key, verify_jws_signature
-from tests.conftest import Gateway, Upstream, route
-from tests.test_auth_plugins import consumer, sent, validate
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]

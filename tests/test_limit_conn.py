@@ -14,8 +14,7 @@ from typing import Any
 
 import httpx
 import yaml
-
-from tests.conftest import ROOT, Gateway, Upstream, route
+from helpers import ROOT, Gateway, Upstream, route
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[..., Upstream]

@@ -21,9 +21,18 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import ROOT, Gateway, free_port, route, wait_port, write_config
-from test_limits_multiworker import cpu_ticks
-from test_process import get, listening_workers, wait_for
+from helpers import (
+    ROOT,
+    Gateway,
+    cpu_ticks,
+    free_port,
+    get,
+    listening_workers,
+    route,
+    wait_for,
+    wait_port,
+    write_config,
+)
 
 REDIS_BIN = shutil.which("redis-server") or "/usr/bin/redis-server"
 

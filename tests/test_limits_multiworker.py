@@ -9,17 +9,9 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from conftest import Gateway, route
-from test_process import get, listening_workers, wait_for
-
-
-def cpu_ticks(pid: int) -> int:
-    """CPU time of the whole process (all threads) in nanoseconds, from schedstat: clock ticks are
-    too coarse to see a few hundred requests on a release build."""
-    return sum(int((t / "schedstat").read_text().split()[0]) for t in Path(f"/proc/{pid}/task").iterdir())
+from helpers import Gateway, cpu_ticks, get, listening_workers, route, wait_for
 
 
 def start2(gateway: Any, routes: list[dict[str, Any]]) -> Gateway:

@@ -6,17 +6,14 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, route, write_config
-from test_observability import read_lines, scrape, value
+from helpers import Receiver, read_lines, route, scrape, value, write_config
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -26,53 +23,6 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condi
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-class Receiver:
-    """An HTTP log receiver: records every POST (time, headers, body); answers `fail_first` requests 500."""
-
-    def __init__(self, fail_first: int = 0) -> None:
-        self.posts: list[tuple[float, dict[str, str], bytes]] = []
-        self.paths: list[str] = []
-        self.attempts = 0
-        self.fail_first = fail_first
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.attempts += 1
-                    fail = receiver.attempts <= receiver.fail_first
-                    if not fail:
-                        receiver.posts.append((time.monotonic(), dict(self.headers), body))
-                        receiver.paths.append(self.path)
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.url = f"http://127.0.0.1:{self.port}/logs?src=gw"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def entries(self, concat: str = "json") -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        with self.lock:
-            for _, _, body in self.posts:
-                if concat == "json":
-                    out.extend(json.loads(body))
-                else:
-                    out.extend(json.loads(line) for line in body.split(b"\n"))
-        return out
-
-    def wait_entries(self, n: int, concat: str = "json", timeout: float = 10.0) -> list[dict[str, Any]]:
-        wait_for(lambda: len(self.entries(concat)) >= n, timeout, f"{n} log entries")
-        return self.entries(concat)
 
 
 @pytest.fixture

@@ -9,29 +9,9 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
 import httpx
-from conftest import ROOT, free_port, route
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def scrape(gw: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the metrics page, parsed by the official Prometheus client's parser."""
-    text = httpx.get(f"{gw.metrics_url}/apisix/prometheus/metrics", timeout=5).text
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict[Any, float], metric: str, /, **labels: str) -> float:
-    """Sum of the samples of `metric` whose labels include `labels` (the parser names counters' samples
-    `<metric>_total`, as OpenMetrics does)."""
-    names = {metric, metric + "_total"}
-    return sum(v for (n, ls), v in samples.items() if n in names and labels.items() <= dict(ls).items())
+from helpers import ROOT, free_port, read_lines, route, scrape, value
 
 
 def hammer(url: str, n: int, clients: int = 8) -> list[int]:
@@ -127,7 +107,7 @@ def test_ready_probe_waits_for_every_worker_to_load_the_config(gateway, upstream
     stopped = gw.worker_pids()[0]
     os.kill(stopped, signal.SIGSTOP)  # it cannot read the next config
     try:
-        from conftest import write_config
+        from helpers import write_config
 
         write_config(gw.config_path, {"routes": [route("r1", "/", up), route("r2", "/x", up)]})
         gw.wait_log("config version 2 pushed")
@@ -140,18 +120,6 @@ def test_ready_probe_waits_for_every_worker_to_load_the_config(gateway, upstream
     gw.wait_log("config version 2 applied by all workers")
     assert httpx.get(gw.metrics_url + "/status/ready").status_code == 200
     assert httpx.get(gw.metrics_url + "/nope").status_code == 404
-
-
-def read_lines(path: Path, n: int, timeout: float = 5.0) -> list[str]:
-    """The access log is flushed in batches (at most every 100 ms): wait for `n` lines."""
-    deadline = time.monotonic() + timeout
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= n:
-            return lines
-        time.sleep(0.05)
-    raise AssertionError(f"{len(lines)} lines in {path}, wanted {n}")
 
 
 def test_json_access_log_has_a_line_per_request_with_apisix_fields(gateway, upstream, tmp_path):

@@ -10,7 +10,7 @@ import time
 import httpx
 import orjson
 import pytest
-from conftest import route
+from helpers import route
 
 PLUGINS = textwrap.dedent('''
     import asyncio

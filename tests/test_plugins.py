@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
-from tests.conftest import ROOT, Gateway, Upstream, route
+from helpers import ROOT, Gateway, Upstream, route
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

@@ -20,81 +20,28 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import ROOT, Gateway, route, write_config
+from helpers import (
+    ROOT,
+    Gateway,
+    get,
+    listen_inodes,
+    listening_workers,
+    route,
+    socket_inodes,
+    wait_for,
+    write_config,
+)
 
 # --------------------------------------------------------------------------- helpers
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def get(
-    port: int, path: str, timeout: float = 5.0, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """One request on a fresh connection (Connection: close), so SO_REUSEPORT picks a worker each time."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Connection": "close", **(headers or {})})
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
-
-
 def status(port: int, path: str, timeout: float = 5.0) -> int:
     return get(port, path, timeout)[0]
-
-
-def _listen_inodes(port: int) -> set[str]:
-    """Socket inodes of TCP listeners on `port` (state 0A), from /proc/net/tcp{,6}."""
-    inodes: set[str] = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f[9])
-    return inodes
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    out: set[str] = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            out.add(link[8:-1])
-    return out
-
-
-def listening_workers(gw: Gateway) -> set[int]:
-    """Workers (children of the master) that hold a listening socket on the gateway's port."""
-    inodes = _listen_inodes(gw.port)
-    return {pid for pid in gw.worker_pids() if _socket_inodes(pid) & inodes}
 
 
 def is_dead(pid: int) -> bool:
@@ -214,12 +161,12 @@ def test_killed_worker_is_respawned_and_requests_keep_succeeding(upstream, gatew
     try:
         wait_for(lambda: len(results) >= 20, 10, "warm-up traffic")
         victim = min(pids)
-        victim_listener = _socket_inodes(victim) & _listen_inodes(gw.port)
+        victim_listener = socket_inodes(victim) & listen_inodes(gw.port)
         assert victim_listener
         os.kill(victim, signal.SIGKILL)
         t_kill = time.monotonic()
         # "Dead" for the port = its listener is gone (a zombie leader may still have threads holding fds).
-        wait_for(lambda: not (victim_listener & _listen_inodes(gw.port)), 2, "victim's listener to close",
+        wait_for(lambda: not (victim_listener & listen_inodes(gw.port)), 2, "victim's listener to close",
                  interval=0.002)  # fmt: skip
         t_dead = time.monotonic()
         new = wait_for(lambda: set(gw.worker_pids()) - pids, 1.0, "a replacement worker within 1 s")
@@ -529,7 +476,7 @@ def test_wrong_flag_is_one_line_exit_2(argv: list[str]) -> None:
 
 @pytest.mark.parametrize("which", ["missing", "directory"])
 def test_unreadable_config_is_one_line_exit_1(tmp_path: Path, which: str) -> None:
-    from conftest import free_port
+    from helpers import free_port
 
     path = tmp_path / "nope.yaml" if which == "missing" else tmp_path
     r = pygateway("run", "-c", str(path), "--listen", f"127.0.0.1:{free_port()}", "--workers", "1")

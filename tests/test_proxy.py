@@ -10,8 +10,7 @@ import time
 
 import httpx
 import orjson
-from conftest import free_port, route
-from test_observability import read_lines
+from helpers import free_port, read_lines, route
 
 
 def echo(resp: httpx.Response) -> dict:

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
-from tests.conftest import ROOT, Gateway, Upstream, free_port, route
+from helpers import ROOT, Gateway, Upstream, free_port, route
 
 GatewayFactory = Callable[..., Gateway]
 UpstreamFactory = Callable[..., Upstream]

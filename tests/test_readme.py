@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import orjson
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 
 def blocks(lang: str) -> list[str]:

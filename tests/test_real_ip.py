@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
-from tests.conftest import ROOT, Gateway, Upstream, route
+from helpers import ROOT, Gateway, Upstream, route
 
 Gw = Callable[..., Gateway]
 Up = Callable[..., Upstream]

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from helpers import ROOT, Gateway, Upstream, route
 
 from pygateway._core import CidrSet
-from tests.conftest import ROOT, Gateway, Upstream, route
 
 Up = Callable[..., Upstream]
 Gw = Callable[..., Gateway]

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
 from etcd_server import Etcd, wait_for
+from helpers import free_port
 
 from pygateway.store import (
     Change,

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port, route
+from helpers import Receiver as PostReceiver
+from helpers import free_port, route
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_loggers import Receiver as PostReceiver
 
 INCOMING = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -26,12 +26,15 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.config.snapshot import Compiled
+from pygateway.config.snapshot import compile_config
 from pygateway.config.validate import ConfigError
 from pygateway.fswatch import DirWatch
-from pygateway.master.sources import AdminServer, FileSource, StoreSource, admin_keys
+from pygateway.master.admin_keys import admin_keys
+from pygateway.master.asgi import AsgiServer
+from pygateway.master.sources import FileSource, StoreSource
 from pygateway.plugin.registry import Registry
 from pygateway.store.base import Store, StoreError
+from pygateway.worker.compiled import Compiled
 
 log = logging.getLogger("pygateway.master")
 
@@ -97,7 +100,7 @@ class Settings:
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
     """Validate and compile once, then do what a worker will do with it as a dry run (instantiate the
     plugin chains, compile the route table in Rust), so a bad config never reaches the workers."""
-    compiled = Compiled.from_raw(raw, version, registry)
+    compiled = compile_config(raw, version, registry)
     compiled.chains(registry)
     _core.check_snapshot(compiled.snapshot)
     return compiled
@@ -115,7 +118,7 @@ class Master:
         self.sel = selectors.DefaultSelector()
         self.stopping: str | None = None
         self.reload_requested = False
-        self.admin: AdminServer | None = None
+        self.admin: AsgiServer | None = None
         self.admin_info = ""
         # Woken by signals (set_wakeup_fd) and by store watchers: the main loop reacts at once.
         self._wake = socket.socketpair()
@@ -134,7 +137,7 @@ class Master:
         self._limits = _core.Limiter(self.shm_path, slots=1 << 16, create=True)
         self.metrics_path = os.path.join(shm_dir, f"pygateway-{os.getpid()}.metrics")
         self.metrics = _core.Metrics(self.metrics_path, workers=settings.workers, create=True)
-        self.status_server: AdminServer | None = None
+        self.status_server: AsgiServer | None = None
         self.reloaded_at = time.time()
         # Workers write "stdout" access logs to the master's stdout through an inherited descriptor.
         self._log_fd: int | None = None
@@ -200,7 +203,7 @@ class Master:
             self.store, self.registry, admin, viewer, self.s.allow_admin, on_write=self.wakeup,
             metrics=self.metrics_text,
         )
-        self.admin = AdminServer(app, host, port)
+        self.admin = AsgiServer(app, host, port)
         self.admin.start()
         url = f"http://{host}:{port}/apisix/admin"
         if created and not self.s.admin_key:
@@ -220,7 +223,7 @@ class Master:
         from pygateway.master.status import create_app
 
         host, port = self.s.metrics_listen
-        self.status_server = AdminServer(create_app(self), host, port, name="pygateway-status")
+        self.status_server = AsgiServer(create_app(self), host, port, name="pygateway-status")
         self.status_server.start()
 
     def metrics_text(self) -> str:

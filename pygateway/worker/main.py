@@ -1,7 +1,7 @@
 """A worker process: the Rust data plane on the main thread, a config reader thread, an asyncio loop.
 
 Started by the master (see `pygateway.master.supervisor`). stdin brings compiled configs (see
-`pygateway.config.snapshot`); stdout answers one JSON object per line: `{"applied": N}`,
+`pygateway.worker.compiled`); stdout answers one JSON object per line: `{"applied": N}`,
 `{"rejected": N, "error": "..."}`, or `{"fatal": "..."}` before exiting.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from pygateway import _core
-from pygateway.config.snapshot import Compiled
 from pygateway.plugin.registry import PluginLoadError, Registry
+from pygateway.worker.compiled import Compiled
 from pygateway.worker.host import AsyncLoop, drain_plugin_times
 from pygateway.worker.http_logger import Sender
 
