@@ -6,7 +6,7 @@
     and host-bound routes) where one route changes, and the parts of what that costs: on the master
     `compile_config` (validate + compile, reusing unchanged objects), the dry run (plugin chains +
     `_core.check_snapshot`) and the message; on a worker the message decode, the plugin chains and
-    the Rust compile+swap (`_core.Worker().apply`) of the whole table.
+    the Rust compile+swap (`_core.Worker(...).apply`) of the whole table.
 (b) end to end: N routes written straight into a fresh data dir's config.db (SqliteStore) before
     the gateway starts; then `--changes` times one route is moved to a new path through the admin
     API, timed as in propagation.py (PUT returned -> first request / every worker sees it) and from
@@ -67,11 +67,12 @@ def in_process(n: int, reps: int) -> dict[str, Any]:
     from pygateway import _core
     from pygateway.config.snapshot import compile_config
     from pygateway.plugin.registry import Registry
+    from pygateway.settings import Settings
     from pygateway.worker.compiled import Compiled
 
     registry = Registry()
     raw = make_raw(n, "127.0.0.1:1980")
-    worker = _core.Worker()
+    worker = _core.Worker(Settings().worker_json())
     parts = ("master_compile", "master_dry_run", "master_total", "msg_decode", "chains", "rust_apply", "worker_total")
     cols: dict[str, list[float]] = {k: [] for k in parts}
     version = 0

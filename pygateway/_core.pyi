@@ -64,18 +64,7 @@ class Waker:
 @final
 class Worker:
     def __new__(
-        cls,
-        shm_path: str | None = None,
-        max_connections: int = 10000,
-        header_timeout: float = 10.0,
-        keepalive_requests: int = 1000,
-        drain_timeout: float = 30.0,
-        max_connections_per_ip: int = 1000,
-        metrics_path: str | None = None,
-        worker_id: int = 0,
-        access_log: str | None = None,
-        access_log_format: str = "json",
-        keepalive_timeout: float = 60.0,
+        cls, settings: str, shm_path: str | None = None, metrics_path: str | None = None, worker_id: int = 0
     ) -> Worker: ...
     def bind(self, host: str, port: int, backlog: int = 4096) -> int: ...
     def apply(self, snapshot: bytes, chains: dict[str, Any]) -> int: ...

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from typing import Any, NoReturn
+
+from pygateway import settings
 
 NO_CONFIG_HINT = (
     "no config given: every path answers 404. Put routes in an APISIX-style apisix.yaml, e.g.\n"
@@ -33,74 +34,25 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _listen(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
-
-
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return int(value)
-
-
-def _float_seconds(value: str, least: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    low_ok = seconds >= 0 if least == ">= 0" else seconds > 0
-    if not (low_ok and seconds < 1e9):
-        raise argparse.ArgumentTypeError(f"expected seconds {least}, got {value!r}")
-    return seconds
-
-
-def _seconds(value: str) -> float:
-    return _float_seconds(value, "> 0")
-
-
-def _seconds_or_zero(value: str) -> float:
-    return _float_seconds(value, ">= 0")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pygateway", description="API gateway: Rust data plane, Python plugins.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="start the gateway")
-    # Defaults live in RUN_DEFAULTS so a node config file (--node-config) can sit between them and the flags.
+    # No argparse defaults: a node config file (--node-config) sits between the declared defaults and
+    # the flags (see _settle_run_args).
     run.add_argument("--node-config", help="YAML file of `run` settings by long flag name (flags win)")
-    run.add_argument("-c", "--config", help="standalone APISIX-style YAML (watched for changes)")
-    run.add_argument("--listen", type=_listen, help="HOST:PORT (default 0.0.0.0:9080)")
-    run.add_argument("--workers", type=_positive, help="worker processes (default: cores)")
-    run.add_argument("--plugin-dir", action="append", help="extra directory of plugin .py files")
-    run.add_argument("--drain-timeout", type=_seconds_or_zero, help="seconds SIGTERM waits for requests (default 30)")
-    run.add_argument("--header-timeout", type=_seconds, help="seconds to receive a request head, 408 (default 10)")
-    run.add_argument(
-        "--keepalive-timeout", type=_seconds, help="seconds an idle keep-alive connection stays open (default 60)"
-    )
-    run.add_argument("--keepalive-requests", type=_positive, help="requests per connection (default 1000)")
-    run.add_argument("--max-connections", type=_positive, help="open connections per worker (default 10000)")
-    run.add_argument("--max-connections-per-ip", type=_positive, help="per client address, per worker (default 1000)")
-    run.add_argument("--store", choices=["sqlite", "yaml", "etcd"], help="config store (default: sqlite; yaml with -c)")
-    run.add_argument("--data-dir", help="SQLite store, admin keys, config cache (default ./pygateway-data)")
-    run.add_argument("--etcd-endpoints", help="comma-separated etcd URLs (default http://127.0.0.1:2379)")
-    run.add_argument("--etcd-prefix", help="key prefix in etcd, APISIX's layout (default /apisix)")
-    run.add_argument("--admin-listen", type=_listen, help="admin API HOST:PORT (default 127.0.0.1:9180)")
-    run.add_argument("--no-admin", action="store_true", default=None, help="do not serve the admin API")
-    run.add_argument("--admin-key", help="admin X-API-KEY (or PYGATEWAY_ADMIN_KEY)")
-    run.add_argument("--viewer-key", help="read-only X-API-KEY (or PYGATEWAY_VIEWER_KEY)")
-    run.add_argument("--allow-admin", action="append", help="CIDR allowed to use the admin API (repeatable)")
-    run.add_argument("--metrics-listen", type=_listen,
-                     help="Prometheus metrics and /status HOST:PORT (default 127.0.0.1:9091)")  # fmt: skip
-    run.add_argument("--no-metrics", action="store_true", default=None, help="no metrics/status port")
-    run.add_argument("--access-log", help="access log: a file path, or stdout (default: none)")
-    run.add_argument("--access-log-format",
-                     help="json (default), combined, a JSON object of field: $variable, or a $variable template")
-    run.add_argument("--otlp-endpoint", help="OTLP/HTTP collector for opentelemetry spans (default http://127.0.0.1:4318)")
-    run.add_argument("--otlp-service-name", help="service.name of exported spans (default pygateway)")
+    for f in settings.declared():
+        m = f.metadata
+        if not m["flag"]:
+            continue
+        names = [m["short"]] if m["short"] else []
+        names.append("--" + f.name.replace("_", "-"))
+        help = m["help"].format(default=settings.show(settings.default_of(f)))
+        if m["switch"]:
+            run.add_argument(*names, action="store_true", default=None, help=help)
+        else:
+            run.add_argument(*names, type=m["parse"], choices=m["choices"], help=help,
+                             action="append" if m["repeat"] else "store")  # fmt: skip
     val = sub.add_parser("validate", help="check a config file; exit 1 listing every error")
     val.add_argument("config")
     val.add_argument("--plugin-dir", action="append", default=[])
@@ -114,48 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-RUN_DEFAULTS: dict[str, Any] = {
-    "config": None,
-    "listen": ("0.0.0.0", 9080),
-    "workers": os.cpu_count() or 1,
-    "plugin_dir": [],
-    "drain_timeout": 30.0,
-    "header_timeout": 10.0,
-    "keepalive_timeout": 60.0,
-    "keepalive_requests": 1000,
-    "max_connections": 10_000,
-    "max_connections_per_ip": 1000,
-    "store": None,
-    "data_dir": "pygateway-data",
-    "etcd_endpoints": "http://127.0.0.1:2379",
-    "etcd_prefix": "/apisix",
-    "admin_listen": ("127.0.0.1", 9180),
-    "no_admin": False,
-    "admin_key": None,
-    "viewer_key": None,
-    "allow_admin": None,
-    "metrics_listen": ("127.0.0.1", 9091),
-    "no_metrics": False,
-    "access_log": None,
-    "access_log_format": "json",
-    "otlp_endpoint": "http://127.0.0.1:4318",
-    "otlp_service_name": "pygateway",
-}
-_ENV = {"admin_key": "PYGATEWAY_ADMIN_KEY", "viewer_key": "PYGATEWAY_VIEWER_KEY"}
-
-
-def _settle_run_args(args: argparse.Namespace) -> None:
-    """Fill each unset flag from the node config file, then the environment, then the default."""
+def _settle_run_args(args: argparse.Namespace) -> settings.Settings:
+    """Each setting from its flag, else the node config file, else the environment, else its default."""
     node: dict[str, Any] = {}
     if args.node_config:
         node = _load_node_config(args.node_config)
-    for name, default in RUN_DEFAULTS.items():
-        if getattr(args, name) is not None:
+    values: dict[str, Any] = {}
+    for f in settings.declared():
+        if not f.metadata["flag"]:
             continue
-        value = node.get(name)
-        if value is None and name in _ENV:
-            value = os.environ.get(_ENV[name])
-        setattr(args, name, default if value is None else value)
+        value = getattr(args, f.name)
+        if value is None:
+            value = node.get(f.name)
+        if value is None and f.metadata["env"]:
+            value = os.environ.get(f.metadata["env"])
+        if value is not None:
+            values[f.name] = value
+    return settings.Settings(**values)
 
 
 def _load_node_config(path: str) -> dict[str, Any]:
@@ -171,12 +98,13 @@ def _load_node_config(path: str) -> dict[str, Any]:
         raise SystemExit(f"pygateway: node config {path}: expected a mapping of run settings")
     # Check each value as the command line would, so errors name the setting.
     parser, out = _parser(), {}
+    known = {f.name: f for f in settings.declared() if f.metadata["flag"]}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
-        if name not in RUN_DEFAULTS:
+        if name not in known:
             raise SystemExit(f"pygateway: node config {path}: unknown setting {key!r}")
         flag = "--" + name.replace("_", "-")
-        if name in ("no_admin", "no_metrics"):
+        if known[name].metadata["switch"]:
             out[name] = bool(value)
             continue
         values = value if isinstance(value, list) else [value]
@@ -226,35 +154,17 @@ def _plugins_list(plugin_dirs: list[str]) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pygateway import _core
     from pygateway.config.validate import ConfigError
-    from pygateway.master.supervisor import Master, Settings, StartError
+    from pygateway.master.supervisor import Master, StartError
     from pygateway.plugin.registry import PluginLoadError
     from pygateway.store.base import StoreError
 
-    _settle_run_args(args)
+    s = _settle_run_args(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master %(levelname)s %(message)s")
-    host, port = args.listen
-    store = args.store or ("yaml" if args.config else "sqlite")
-    if (store == "yaml") != bool(args.config):
+    if (s.store_kind == "yaml") != bool(s.config):
         print("pygateway: --store yaml needs -c CONFIG, and -c CONFIG means --store yaml", file=sys.stderr)
         return 2
-    settings = Settings(
-        host, port, args.workers, args.config, list(args.plugin_dir), drain_timeout=args.drain_timeout,
-        header_timeout=args.header_timeout, keepalive_timeout=args.keepalive_timeout,
-        keepalive_requests=args.keepalive_requests,
-        max_connections=args.max_connections, max_connections_per_ip=args.max_connections_per_ip, store=store,
-        data_dir=args.data_dir, etcd_endpoints=[e.strip() for e in args.etcd_endpoints.split(",") if e.strip()],
-        etcd_prefix=args.etcd_prefix, admin_listen=None if args.no_admin else args.admin_listen,
-        admin_key=args.admin_key, viewer_key=args.viewer_key,
-        metrics_listen=None if args.no_metrics else args.metrics_listen,
-        access_log=None if args.access_log in (None, "off") else args.access_log,
-        access_log_format=args.access_log_format,
-        otlp_endpoint=None if args.otlp_endpoint in ("", "off") else args.otlp_endpoint,
-        otlp_service_name=args.otlp_service_name,
-    )  # fmt: skip
-    if args.allow_admin:
-        settings.allow_admin = list(args.allow_admin)
     try:
-        master = Master(settings)
+        master = Master(s)
     except (PluginLoadError, StoreError, OSError) as exc:
         print(f"pygateway: {exc}", file=sys.stderr)
         return 1
@@ -275,17 +185,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pygateway: {exc}", file=sys.stderr)
         master.cleanup()
         return 1
-    src = args.config or master.source.description
-    print(f"pygateway {_core.__version__} listening on http://{host}:{port} with {args.workers} workers ({src})",
+    src = s.config or master.source.description
+    print(f"pygateway {_core.__version__} listening on http://{s.host}:{s.port} with {s.workers} workers ({src})",
           flush=True)  # fmt: skip
     if master.admin_info:
         print(master.admin_info, flush=True)
-    if settings.metrics_listen is not None:
-        mh, mp = settings.metrics_listen
+    if s.metrics_addr is not None:
+        mh, mp = s.metrics_addr
         print(f"metrics on http://{mh}:{mp}/apisix/prometheus/metrics; probes /status, /status/ready", flush=True)
     if not master.raw.get("routes"):
         print(NO_CONFIG_HINT if master.admin is None else ADMIN_HINT.format(
-            url=f"http://{settings.admin_listen[0]}:{settings.admin_listen[1]}"), flush=True)  # type: ignore[index]
+            url=f"http://{s.admin_listen[0]}:{s.admin_listen[1]}"), flush=True)
     return master.serve_forever()
 
 

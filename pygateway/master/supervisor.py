@@ -5,7 +5,8 @@
 - Config changes (file watched, or SIGHUP) are validated here first; a bad config is logged and the
   last good one keeps serving. A good one is pushed to every worker, which swaps its route table
   without dropping a request.
-- SIGTERM drains (workers stop accepting, finish in-flight requests, 30 s cap); SIGINT/SIGQUIT stop fast.
+- SIGTERM drains (workers stop accepting, finish in-flight requests, `--drain-timeout` cap); SIGINT/SIGQUIT
+  stop fast.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from pygateway.master.admin_keys import admin_keys
 from pygateway.master.asgi import AsgiServer
 from pygateway.master.sources import FileSource, StoreSource
 from pygateway.plugin.registry import Registry
+from pygateway.settings import Settings
 from pygateway.store.base import Store, StoreError
 from pygateway.worker.compiled import Compiled
 
@@ -67,34 +69,6 @@ class WorkerProc:
     buf: bytes = b""
     applied: int = -1
     fatal: str | None = None
-
-
-@dataclass
-class Settings:
-    host: str
-    port: int
-    workers: int
-    config_path: str | None
-    plugin_dirs: list[str] = field(default_factory=list)
-    store: str = "sqlite"  # sqlite | yaml | etcd (yaml when config_path is set)
-    data_dir: str = "pygateway-data"
-    etcd_endpoints: list[str] = field(default_factory=lambda: ["http://127.0.0.1:2379"])
-    etcd_prefix: str = "/apisix"
-    admin_listen: tuple[str, int] | None = ("127.0.0.1", 9180)  # None: no admin API
-    admin_key: str | None = None
-    viewer_key: str | None = None
-    allow_admin: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
-    drain_timeout: float = 30.0
-    header_timeout: float = 10.0
-    keepalive_timeout: float = 60.0
-    keepalive_requests: int = 1000
-    max_connections: int = 10_000
-    max_connections_per_ip: int = 1000
-    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9091)  # None: no metrics/status port
-    access_log: str | None = None  # a file path, "stdout", or None
-    access_log_format: str = "json"
-    otlp_endpoint: str | None = "http://127.0.0.1:4318"  # where `opentelemetry` spans go
-    otlp_service_name: str = "pygateway"
 
 
 def check_config(raw: dict[str, Any], registry: Registry, version: int) -> Compiled:
@@ -141,22 +115,22 @@ class Master:
         self.reloaded_at = time.time()
         # Workers write "stdout" access logs to the master's stdout through an inherited descriptor.
         self._log_fd: int | None = None
-        if settings.access_log == "stdout":
+        if settings.access_log_to == "stdout":
             self._log_fd = os.dup(1)
             os.set_inheritable(self._log_fd, True)
-        plugin_dirs = list(settings.plugin_dirs)
+        plugin_dirs = list(settings.plugin_dir)
         self.registry = Registry(plugin_dirs)
 
     # ------------------------------------------------------------------ config
     def _make_source(self) -> FileSource | StoreSource:
-        if self.s.config_path is not None:
-            return FileSource(self.s.config_path)
+        if self.s.config is not None:
+            return FileSource(self.s.config)
         cache = self.data_dir / "config-cache.json"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.s.store == "etcd":
+        if self.s.store_kind == "etcd":
             from pygateway.store.etcd import EtcdStore
 
-            self.store = EtcdStore(self.s.etcd_endpoints, self.s.etcd_prefix)
+            self.store = EtcdStore(self.s.etcd_urls, self.s.etcd_prefix)
         else:
             from pygateway.store.sqlite import SqliteStore
 
@@ -172,13 +146,13 @@ class Master:
     def _read_config(self) -> dict[str, Any]:
         raw = self.source.read()
         dirs = raw.pop("plugin_dirs", None) or []
-        if dirs and sorted(dirs) != sorted(self.s.plugin_dirs):
+        if dirs and sorted(dirs) != sorted(self.s.plugin_dir):
             if self.version:
                 log.warning("plugin_dirs changed: restart the gateway to load new plugin code")
             else:
-                base = Path(self.s.config_path or ".").parent
-                self.s.plugin_dirs = [str((base / d).resolve()) for d in dirs]
-                self.registry = Registry(self.s.plugin_dirs)
+                base = Path(self.s.config or ".").parent
+                self.s.plugin_dir = [str((base / d).resolve()) for d in dirs]
+                self.registry = Registry(self.s.plugin_dir)
         return raw
 
     def load_initial(self) -> None:
@@ -188,17 +162,17 @@ class Master:
         self.source.good(raw)
 
     def start_admin(self) -> None:
-        if self.s.admin_listen is None:
+        if self.s.admin_addr is None:
             return
         from pygateway.admin import create_app
 
-        host, port = self.s.admin_listen
+        host, port = self.s.admin_addr
         admin, viewer, created = admin_keys(self.data_dir, self.s.admin_key, self.s.viewer_key)
         if self.store is None:
             from pygateway.store.yaml_store import YamlStore
 
-            assert self.s.config_path is not None
-            self.store = YamlStore(self.s.config_path)
+            assert self.s.config is not None
+            self.store = YamlStore(self.s.config)
         app = create_app(
             self.store, self.registry, admin, viewer, self.s.allow_admin, on_write=self.wakeup,
             metrics=self.metrics_text,
@@ -214,15 +188,15 @@ class Master:
         else:
             self.admin_info = f"admin API on {url}; keys in {self.data_dir / 'admin_keys.json'}"
         if self.store.read_only:
-            self.admin_info += f"\n  read-only: the config comes from {self.s.config_path}"
+            self.admin_info += f"\n  read-only: the config comes from {self.s.config}"
 
     def start_status(self) -> None:
         """The metrics and status port (Prometheus, Kubernetes probes)."""
-        if self.s.metrics_listen is None:
+        if self.s.metrics_addr is None:
             return
         from pygateway.master.status import create_app
 
-        host, port = self.s.metrics_listen
+        host, port = self.s.metrics_addr
         self.status_server = AsgiServer(create_app(self), host, port, name="pygateway-status")
         self.status_server.start()
 
@@ -260,22 +234,16 @@ class Master:
 
     # ------------------------------------------------------------------ workers
     def _spawn(self, wid: int) -> WorkerProc:
+        log_to = f"fd:{self._log_fd}" if self._log_fd is not None else self.s.access_log_to
         cmd = [
             *WORKER_BOOT,
             "--host", self.s.host, "--port", str(self.s.port), "--shm", self.shm_path, "--id", str(wid),
-            "--drain-timeout", str(self.s.drain_timeout), "--header-timeout", str(self.s.header_timeout),
-            "--keepalive-timeout", str(self.s.keepalive_timeout),
-            "--keepalive-requests", str(self.s.keepalive_requests), "--max-connections", str(self.s.max_connections),
-            "--max-connections-per-ip", str(self.s.max_connections_per_ip),
+            "--metrics", self.metrics_path, "--settings", self.s.worker_json(access_log=log_to),
         ]  # fmt: skip
-        for d in self.s.plugin_dirs:
+        for d in self.s.plugin_dir:
             cmd += ["--plugin-dir", d]
-        cmd += ["--metrics", self.metrics_path]
-        if self.s.access_log:
-            where = f"fd:{self._log_fd}" if self._log_fd is not None else self.s.access_log
-            cmd += ["--access-log", where, "--access-log-format", self.s.access_log_format]
-        if self.s.otlp_endpoint:
-            cmd += ["--otlp-endpoint", self.s.otlp_endpoint, "--otlp-service-name", self.s.otlp_service_name]
+        if self.s.otlp_to:
+            cmd += ["--otlp-endpoint", self.s.otlp_to, "--otlp-service-name", self.s.otlp_service_name]
         fds = (self._log_fd,) if self._log_fd is not None else ()
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=fds)
         assert proc.stdout is not None

@@ -55,17 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shm")
     p.add_argument("--id", type=int, default=0)
     p.add_argument("--plugin-dir", action="append", default=[])
-    p.add_argument("--drain-timeout", type=float, default=30.0)
-    p.add_argument("--header-timeout", type=float, default=10.0)
-    p.add_argument("--keepalive-timeout", type=float, default=60.0)
-    p.add_argument("--keepalive-requests", type=int, default=1000)
-    p.add_argument("--max-connections", type=int, default=10_000)
-    p.add_argument("--max-connections-per-ip", type=int, default=1000)
     p.add_argument("--metrics")
-    p.add_argument("--access-log")
-    p.add_argument("--access-log-format", default="json")
+    # The worker settings as JSON (`pygateway.settings.Settings.worker_json`), for the Rust core.
+    p.add_argument("--settings", required=True)
     p.add_argument("--otlp-endpoint")
-    p.add_argument("--otlp-service-name", default="pygateway")
+    p.add_argument("--otlp-service-name")
     args = p.parse_args(argv)
     if args.shm:
         # Plugins that keep node-wide state (limit-conn) open the same shared table.
@@ -73,19 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker[{args.id}] %(levelname)s %(message)s")
     try:
         registry = Registry(args.plugin_dir)
-        worker = _core.Worker(
-            shm_path=args.shm,
-            drain_timeout=args.drain_timeout,
-            header_timeout=args.header_timeout,
-            keepalive_timeout=args.keepalive_timeout,
-            keepalive_requests=args.keepalive_requests,
-            max_connections=args.max_connections,
-            max_connections_per_ip=args.max_connections_per_ip,
-            metrics_path=args.metrics,
-            worker_id=args.id,
-            access_log=args.access_log,
-            access_log_format=args.access_log_format,
-        )
+        worker = _core.Worker(args.settings, shm_path=args.shm, metrics_path=args.metrics, worker_id=args.id)
         # Serve nothing until the first config is in: a respawned worker must not answer 404s.
         first = Compiled.read(sys.stdin.buffer)
         if first is None or not _apply(worker, registry, first):

@@ -4,6 +4,7 @@ pub mod cidr;
 pub mod host;
 pub mod jwt;
 pub mod loadgen;
+pub mod settings;
 pub mod views;
 
 use crate::config::Snapshot;
@@ -63,6 +64,9 @@ pub struct Worker {
     table: Arc<ArcSwap<RouteTable>>,
     shm: Arc<ShmTable>,
     limits: Limits,
+    max_uri_len: usize,
+    /// Idle upstream connections kept per target, and for how long (`upstream::configure_pool`).
+    pool: (usize, Duration),
     listener: Mutex<Option<std::net::TcpListener>>,
     submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
     /// `drain() -> [(plugin, calls, ns)]`: Python plugin timings sampled by the chains.
@@ -78,26 +82,25 @@ pub struct Worker {
 
 #[pymethods]
 impl Worker {
+    /// `settings`: the worker settings as JSON (`pygateway.settings.Settings.worker_json`); every
+    /// field is required (see `settings.rs`).
     #[new]
-    #[pyo3(signature = (shm_path=None, max_connections=10_000, header_timeout=10.0, keepalive_requests=1000, drain_timeout=30.0, max_connections_per_ip=1000, metrics_path=None, worker_id=0, access_log=None, access_log_format="json", keepalive_timeout=60.0))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (settings, shm_path=None, metrics_path=None, worker_id=0))]
     fn new(
+        settings: &str,
         shm_path: Option<&str>,
-        max_connections: usize,
-        header_timeout: f64,
-        keepalive_requests: u64,
-        drain_timeout: f64,
-        max_connections_per_ip: usize,
         metrics_path: Option<&str>,
         worker_id: usize,
-        access_log: Option<&str>,
-        access_log_format: &str,
-        keepalive_timeout: f64,
     ) -> PyResult<Worker> {
-        let header_timeout = seconds("header_timeout", header_timeout, false)?;
-        let keepalive_idle = seconds("keepalive_timeout", keepalive_timeout, false)?;
-        let drain_timeout = seconds("drain_timeout", drain_timeout, true)?;
-        let observer = observer(metrics_path, worker_id, access_log, access_log_format)?;
+        let s = settings::WorkerSettings::parse(settings)
+            .and_then(settings::WorkerSettings::check)
+            .map_err(PyValueError::new_err)?;
+        let observer = observer(
+            metrics_path,
+            worker_id,
+            s.access_log.as_deref(),
+            &s.access_log_format,
+        )?;
         let spans = observer.spans.clone();
         let http_logs = observer.loggers.http.clone();
         let shm = match shm_path {
@@ -109,15 +112,9 @@ impl Worker {
         Ok(Worker {
             table: Arc::new(ArcSwap::from_pointee(RouteTable::empty())),
             shm: Arc::new(shm),
-            limits: Limits {
-                max_connections,
-                max_connections_per_ip,
-                header_timeout,
-                keepalive_idle,
-                keepalive_requests,
-                drain_timeout,
-                ..Limits::default()
-            },
+            limits: s.limits,
+            max_uri_len: s.max_uri_len,
+            pool: (s.pool_max_idle, s.pool_idle_timeout),
             listener: Mutex::new(None),
             submit: Mutex::new(None),
             plugin_times: Mutex::new(None),
@@ -270,6 +267,8 @@ impl Worker {
                 .clone(),
         );
         let limits = self.limits.clone();
+        let max_uri_len = self.max_uri_len;
+        crate::upstream::configure_pool(self.pool.0, self.pool.1);
         let stop_rx = self.stop_tx.subscribe();
         let mut obs = self
             .observer
@@ -307,7 +306,7 @@ impl Worker {
                     table: shared.0,
                     shm: shared.1,
                     submit: shared.2,
-                    max_uri_len: 8192,
+                    max_uri_len,
                     obs: Rc::new(obs),
                 });
                 // Spawned, not driven directly: `block_on` polls its own future on every wake-up

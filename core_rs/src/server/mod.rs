@@ -23,6 +23,8 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The edge limits of one worker; built from the worker settings (`py/settings.rs`), which hold
+/// the only defaults.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_head_bytes: usize,
@@ -37,22 +39,6 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub drain_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_head_bytes: 32 * 1024,
-            max_line_bytes: 8 * 1024,
-            max_headers: 100,
-            header_timeout: Duration::from_secs(10),
-            keepalive_idle: Duration::from_secs(60),
-            keepalive_requests: 1000,
-            max_connections: 10_000,
-            max_connections_per_ip: 1000,
-            drain_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 /// A listening socket with SO_REUSEPORT so every worker process accepts on the same port.
