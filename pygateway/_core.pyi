@@ -4,6 +4,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, final
 
 __version__: str
+# Plugin phase names in the Rust core's numbering (`PHASES[n]` is phase n).
+PHASES: tuple[str, ...]
 
 class ConfigError(ValueError):
     """A config the data plane cannot compile."""

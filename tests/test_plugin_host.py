@@ -305,3 +305,14 @@ def test_consumers_reach_auth_plugins_and_limiters(upstream, gateway, plugin_dir
     bad = dict(cfg, consumers=[{"username": "bob", "plugins": {"token-auth": {"tokn": "x"}}}])
     gw.update(bad, expect_ok=False)
     assert "consumers[bob].plugins.token-auth" in gw.log()
+
+
+def test_the_phase_list_comes_from_the_rust_core():
+    """One numbering: the Python host's phase numbers are the positions in `_core.PHASES`, the Rust order."""
+    from pygateway import _core, plugin
+    from pygateway.worker import host
+
+    assert _core.PHASES == ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
+    assert plugin.PHASES is _core.PHASES
+    numbers = (host.REWRITE, host.ACCESS, host.BEFORE_PROXY, host.HEADER_FILTER, host.BODY_FILTER, host.LOG)
+    assert [_core.PHASES[n] for n in numbers] == list(_core.PHASES)

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from pygateway._core import PHASES
+
 if TYPE_CHECKING:
     from pygateway._core import Request, ResponseView
 
-PHASES: tuple[str, ...] = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
+__all__ = ["PHASES", "Plugin", "Response"]
 
 
 class Response:

@@ -29,8 +29,10 @@ from pygateway.plugin import PHASES, Plugin, Response
 
 log = logging.getLogger("pygateway.plugins")
 
-REWRITE, ACCESS, BEFORE_PROXY, HEADER_FILTER, BODY_FILTER, LOG = range(6)
-_REQUEST_PHASES = (REWRITE, ACCESS, BEFORE_PROXY)
+# Phase numbers as the Rust core numbers them (`_core.PHASES` lists the names in that order).
+REWRITE, ACCESS, BEFORE_PROXY, HEADER_FILTER, BODY_FILTER, LOG = (
+    PHASES.index(name) for name in ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "log")
+)
 _ERROR = (500, [("content-type", "application/json")], b'{"error_msg":"plugin error"}')
 
 ShortResponse = tuple[int, list[tuple[str, str]], bytes]

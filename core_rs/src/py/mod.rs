@@ -557,7 +557,21 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loadgen::run_bench, m)?)?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("PHASES", pyo3::types::PyTuple::new(m.py(), phase_names())?)?;
     Ok(())
+}
+
+/// The plugin phase names, each at its number in `host.rs` (`PHASES[ACCESS] == "access"`): the one
+/// numbering, which Python reads as `_core.PHASES`.
+fn phase_names() -> [&'static str; 6] {
+    let mut names = [""; 6];
+    names[host::REWRITE as usize] = "rewrite";
+    names[host::ACCESS as usize] = "access";
+    names[host::BEFORE_PROXY as usize] = "before_proxy";
+    names[host::HEADER_FILTER as usize] = "header_filter";
+    names[host::BODY_FILTER as usize] = "body_filter";
+    names[host::LOG as usize] = "log";
+    names
 }
 
 /// Seconds from Python as a `Duration`; a ValueError naming the argument for a negative, NaN or
