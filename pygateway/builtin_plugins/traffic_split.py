@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Generic, TypeVar
 import msgspec
 
 from pygateway import Plugin
-from pygateway.config.validate import Upstream, parse_upstream
 
 from ._common import Expr, compile_expr, invalid, request_var
 
 if TYPE_CHECKING:
     from pygateway import Request
+    from pygateway.config.models import Upstream
 
 T = TypeVar("T")
 
@@ -100,6 +100,10 @@ class _Target:
 
 
 def _check_upstream(raw: Any, path: str) -> Upstream:
+    # Imported here: a worker loads every shipped plugin, and only one running traffic-split needs
+    # the validator.
+    from pygateway.config.validate import parse_upstream
+
     up, errors = parse_upstream(raw)
     if errors:
         where, _, msg = errors[0].partition(": ")
