@@ -1,4 +1,5 @@
-"""Edge hardening (DESIGN §7): malformed, oversized, ambiguous and slow requests sent as raw bytes.
+"""Edge hardening (docs/architecture.md, "Edge limits"): malformed, oversized, ambiguous and slow requests
+sent as raw bytes.
 
 Each case checks the status, whether the gateway closed the connection, and that the upstream
 never saw the bad request. The upstream is `Recorder`, a raw-socket echo server that records every

@@ -1,2 +1,3 @@
-"""The APISIX-shaped config: its models and validation (`validate`) and the snapshot the master
-compiles for the workers (`snapshot`)."""
+"""The APISIX-shaped config, on the master's side: its models (`models`), their validation (`validate`)
+and the compile into the message every worker receives (`snapshot`). Workers import none of it: they
+read `pygateway.worker.compiled`."""

@@ -18,7 +18,7 @@ from pygateway.config.validate import Config, PluginConf, compile_snapshot, vali
 from pygateway.plugin.registry import Registry
 from pygateway.worker.compiled import Compiled, PluginSpecs
 
-log = logging.getLogger("pygateway.compiled")
+log = logging.getLogger("pygateway.config")
 
 
 def compile_config(raw: dict[str, Any], version: int, registry: Registry) -> Compiled:
