@@ -1,4 +1,4 @@
-"""The master's metrics and status port (default 127.0.0.1:9091), for Prometheus and Kubernetes probes.
+"""The master's metrics and status port (`--metrics-listen`), for Prometheus and Kubernetes probes.
 
 - `GET /apisix/prometheus/metrics`: every worker's counters summed (rendered in Rust from the shared
   metrics file) plus the master's own gauges (config version, last reload).
