@@ -1,6 +1,19 @@
 //! The HTTP/1 wire format shared by the downstream server (`server/`) and the upstream client
 //! (`upstream/`): what both sides of the proxy need to read and write HTTP/1.1 messages. Nothing here
 //! knows about routes, plugins or sockets.
+mod chunked;
+mod hop;
+mod io;
+mod length;
+mod scan;
+mod token;
+
+pub use chunked::{chunk_header, ChunkDecoder};
+pub use hop::{is_hop_by_hop, HOP_BY_HOP};
+pub use io::poll_read_into;
+pub use length::parse_cl_value;
+pub use scan::{Bad, Reject, Scanner};
+pub use token::{has_close_token, has_token};
 
 /// The error type of every body in the gateway (request bodies, upstream bodies, filtered bodies).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

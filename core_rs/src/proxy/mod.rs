@@ -56,13 +56,13 @@ fn short(resp: ShortResponse) -> Response<GwBody> {
     r
 }
 
-/// Remove hop-by-hop headers (`crate::upstream::is_hop_by_hop`), including any the `Connection` header
+/// Remove hop-by-hop headers (`crate::http1::is_hop_by_hop`), including any the `Connection` header
 /// names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: most requests carry none of them.
     let mut hop: Vec<HeaderName> = h
         .keys()
-        .filter(|k| crate::upstream::is_hop_by_hop(k))
+        .filter(|k| crate::http1::is_hop_by_hop(k))
         .cloned()
         .collect();
     if hop.is_empty() {

@@ -13,11 +13,11 @@
 //! holds a borrow across an await.
 use super::edge::{EdgeIo, H2_PREFACE};
 use super::LocalExec;
-use crate::proxy::body::{BoxError, GwBody};
-use crate::sys::rawtcp::RawTcp;
-use crate::upstream::{
+use crate::http1::{
     chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder,
 };
+use crate::proxy::body::{BoxError, GwBody};
+use crate::sys::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
