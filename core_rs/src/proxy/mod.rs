@@ -726,10 +726,10 @@ async fn proxy_to_upstream(
         ];
         let extra = &extra[..if orig_host.is_some() { 4 } else { 3 }];
         let req_body = match (body.take(), &out.body) {
-            _ if bodyless => crate::upstream::ReqBody::Empty,
-            (Some(ReqBody::Stream(b)), _) => crate::upstream::ReqBody::Stream(b),
-            (_, Some(b)) => crate::upstream::ReqBody::Full(b.clone()),
-            _ => crate::upstream::ReqBody::Empty,
+            _ if bodyless => crate::upstream::SendBody::Empty,
+            (Some(ReqBody::Stream(b)), _) => crate::upstream::SendBody::Stream(b),
+            (_, Some(b)) => crate::upstream::SendBody::Full(b.clone()),
+            _ => crate::upstream::SendBody::Empty,
         };
         let target = Target {
             host: target_host,

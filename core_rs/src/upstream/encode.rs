@@ -1,6 +1,6 @@
 //! Writing the request: head encoding and the body (in one write, or streamed).
 use super::connect::{Conn, Stream};
-use crate::http1::{chunk_header, has_close_token};
+use crate::http1::{chunk_header, has_close_token, BoxError};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Method};
@@ -88,7 +88,7 @@ pub(super) fn encode_head(
         ReqFraming::GivenLength(_) => {}
         ReqFraming::Length(n) => {
             buf.extend_from_slice(b"content-length: ");
-            crate::observe::accesslog::put_u64(buf, n);
+            buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             buf.extend_from_slice(b"\r\n");
         }
         ReqFraming::Chunked => buf.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -149,12 +149,16 @@ pub(super) enum StreamWriteError {
 }
 
 /// Write head + streamed body (the head goes out with the first frame).
-pub(super) async fn write_stream(
+pub(super) async fn write_stream<B>(
     conn: &mut Conn,
-    body: &mut crate::server::h1::ClientBody,
+    body: &mut B,
     framing: ReqFraming,
     write_timeout: Duration,
-) -> Result<(), StreamWriteError> {
+) -> Result<(), StreamWriteError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let chunked = framing == ReqFraming::Chunked;
     let mut remaining = match framing {
         ReqFraming::GivenLength(n) => n,

@@ -26,7 +26,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-pub use crate::http1::BoxError;
+use crate::http1::BoxError;
 use crate::http1::{parse_cl_value, ChunkDecoder};
 use body::BodyState;
 pub use body::UpstreamBody;
@@ -34,7 +34,7 @@ use connect::{connect, Conn};
 use decode::{read_head, Fail, Head, RespFraming};
 use encode::{encode_head, write_simple, write_stream, ReqFraming, StreamWriteError};
 pub use pool::configure_pool;
-use pool::{checkout, key_hash};
+use pool::{checkout, pool_key};
 /// Socket reads ask for at least this much room.
 const READ_CHUNK: usize = 16 * 1024;
 /// ... and reuse the spare capacity of the buffer when at least this much is left.
@@ -57,15 +57,16 @@ pub enum TlsMode {
     NoVerify,
 }
 
-/// The request body to forward.
-pub enum ReqBody {
+/// The request body to send. `B` is the caller's streamed body type (the proxy's is the
+/// downstream request body); the client is monomorphised for it, so a stream costs no box.
+pub enum SendBody<B> {
     Empty,
     Full(Bytes),
     /// Streamed: chunked unless the headers carry a Content-Length.
-    Stream(crate::server::h1::ClientBody),
+    Stream(B),
 }
 
-pub struct UpstreamRequest<'a> {
+pub struct UpstreamRequest<'a, B> {
     pub method: &'a Method,
     /// origin-form, e.g. "/a/b?x=1"
     pub path_and_query: &'a str,
@@ -75,7 +76,7 @@ pub struct UpstreamRequest<'a> {
     /// Written after `headers`, replacing any of the same names there (the proxy's Host and
     /// X-Forwarded-*: cheaper than inserting them into the map). Values must be valid header values.
     pub extra: &'a [(&'a HeaderName, &'a [u8])],
-    pub body: ReqBody,
+    pub body: SendBody<B>,
     /// Write after the other requests ready in this event-loop turn (see `write_simple`).
     pub batch: bool,
     /// `Some(replaced)`: the caller forwards the response headers untouched to an HTTP/1 client,
@@ -132,12 +133,16 @@ impl std::error::Error for UpstreamError {
 /// A pooled connection that fails before any response byte arrives (the upstream closed it while
 /// idle) is transparently replaced by a new one and the request replayed, once — for Empty/Full
 /// bodies, and for Stream bodies of which no frame had been taken yet.
-pub async fn send(
+pub async fn send<B>(
     target: &Target<'_>,
-    req: UpstreamRequest<'_>,
+    req: UpstreamRequest<'_, B>,
     connect_timeout: Duration,
     read_timeout: Duration,
-) -> Result<Response<UpstreamBody>, UpstreamError> {
+) -> Result<Response<UpstreamBody>, UpstreamError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     let UpstreamRequest {
         method,
         path_and_query,
@@ -147,7 +152,7 @@ pub async fn send(
         batch,
         raw_headers,
     } = req;
-    let hash = key_hash(target.host, target.port, target.tls);
+    let hash = pool_key(target.host, target.port, target.tls);
     let head_request = *method == Method::HEAD;
     if let Some(mut conn) = checkout(hash, target) {
         match exchange(
@@ -194,19 +199,23 @@ pub async fn send(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn exchange(
+async fn exchange<B>(
     conn: &mut Conn,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     extra: &[(&HeaderName, &[u8])],
-    body: &mut ReqBody,
+    body: &mut SendBody<B>,
     head_request: bool,
     read_timeout: Duration,
     reused: bool,
     batch: bool,
     raw: Option<&'static [&'static [u8]]>,
-) -> Result<(Head, bool), Fail> {
+) -> Result<(Head, bool), Fail>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     conn.rbuf.clear();
     conn.raw.active = false;
     let timeout_fail = || Fail {
@@ -214,10 +223,10 @@ async fn exchange(
         retry: false,
     };
     let (simple, framing) = match body {
-        ReqBody::Empty => (Some(Bytes::new()), ReqFraming::None),
-        ReqBody::Full(b) if b.is_empty() => (Some(Bytes::new()), ReqFraming::None),
-        ReqBody::Full(b) => (Some(b.clone()), ReqFraming::Length(b.len() as u64)),
-        ReqBody::Stream(inc) => {
+        SendBody::Empty => (Some(Bytes::new()), ReqFraming::None),
+        SendBody::Full(b) if b.is_empty() => (Some(Bytes::new()), ReqFraming::None),
+        SendBody::Full(b) => (Some(b.clone()), ReqFraming::Length(b.len() as u64)),
+        SendBody::Stream(inc) => {
             let given_cl = headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| parse_cl_value(v.as_bytes()));
@@ -252,7 +261,7 @@ async fn exchange(
             }
         }
         None => {
-            let ReqBody::Stream(inc) = body else {
+            let SendBody::Stream(inc) = body else {
                 unreachable!()
             };
             match write_stream(conn, inc, framing, read_timeout).await {
@@ -360,6 +369,8 @@ fn into_response(mut conn: Box<Conn>, head: Head, req_close: bool) -> Response<U
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// The tests' request bodies: Empty and Full (a streamed body type is needed only to name one).
+    type ReqBody = SendBody<http_body_util::Full<Bytes>>;
     use crate::http1::ChunkDecoder;
     use bytes::BytesMut;
     use http::header::HeaderValue;
@@ -499,7 +510,7 @@ mod tests {
     }
 
     /// `GET /` with these headers and no body.
-    fn get_root(h: &HeaderMap) -> UpstreamRequest<'_> {
+    fn get_root(h: &HeaderMap) -> UpstreamRequest<'_, http_body_util::Full<Bytes>> {
         UpstreamRequest {
             method: &Method::GET,
             path_and_query: "/",
@@ -1207,7 +1218,7 @@ mod tests {
                                     .map_or("/", |p| p.as_str()),
                                 headers: &h,
                                 extra: &[],
-                                body: ReqBody::Stream(crate::server::h1::ClientBody::H2(body)),
+                                body: SendBody::Stream(body),
                                 batch: false,
                                 raw_headers: None,
                             };

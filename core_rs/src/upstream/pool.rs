@@ -42,7 +42,7 @@ pub(super) fn thread_token() -> u64 {
 }
 
 /// FxHash-style hash of a pool key, with a final avalanche so every bit is usable.
-pub(super) fn key_hash(host: &str, port: u16, tls: Option<TlsMode>) -> u64 {
+pub(super) fn pool_key(host: &str, port: u16, tls: Option<TlsMode>) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h: u64 = 0;
     let mut add = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
@@ -186,7 +186,7 @@ pub(super) fn checkin(mut conn: Box<Conn>) {
 
 #[cfg(test)]
 pub(super) fn pool_idle_count(target: &Target<'_>) -> usize {
-    let hash = key_hash(target.host, target.port, target.tls);
+    let hash = pool_key(target.host, target.port, target.tls);
     POOL.with(|p| {
         p.borrow_mut()
             .slot_mut(hash, target.host, target.port, target.tls)
@@ -199,11 +199,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_hash_differs() {
-        let a = key_hash("127.0.0.1", 80, None);
-        assert_ne!(a, key_hash("127.0.0.1", 81, None));
-        assert_ne!(a, key_hash("127.0.0.1", 80, Some(TlsMode::Verify)));
-        assert_ne!(a, key_hash("127.0.0.2", 80, None));
-        assert_eq!(a, key_hash("127.0.0.1", 80, None));
+    fn pool_key_differs() {
+        let a = pool_key("127.0.0.1", 80, None);
+        assert_ne!(a, pool_key("127.0.0.1", 81, None));
+        assert_ne!(a, pool_key("127.0.0.1", 80, Some(TlsMode::Verify)));
+        assert_ne!(a, pool_key("127.0.0.2", 80, None));
+        assert_eq!(a, pool_key("127.0.0.1", 80, None));
     }
 }
