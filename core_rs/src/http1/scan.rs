@@ -1,5 +1,15 @@
-//! The byte-level pre-scanner of a request stream (used by `server/edge.rs`): message framing,
-//! line and head limits, the framing rules httparse is lenient about.
+//! The request-stream scanner behind the server's edge limits (docs/architecture.md, "Edge
+//! limits"; `server/edge.rs` feeds it every byte read from a client).
+//!
+//! [`Scanner`] is a byte-level state machine that tracks message framing (head → Content-Length
+//! body / chunked body → next head), so it knows where each head starts on a keep-alive or
+//! pipelined connection. Body bytes of a Content-Length body or chunk are skipped in O(1); request
+//! lines and header values are searched for CR/LF eight bytes at a time; only header names and the
+//! values of Content-Length and Transfer-Encoding are looked at byte by byte. Nothing is copied or
+//! buffered. A broken rule comes back as [`Bad`]: where to cut the stream so the offending message
+//! is never parsed, and the typed [`Reject`] (status, reason) to answer with. If the offending byte
+//! is in a chunked body whose head is still undelivered, the cut moves back into that head.
+use http::StatusCode;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum St {
@@ -34,39 +44,36 @@ enum Hdr {
     TransferEncoding,
 }
 
-/// What the HTTP/1 server must be made to answer.
+/// A request the server refuses before it is parsed: the status and the `error_msg` it answers
+/// with. The connection closes after it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Reject {
-    /// NUL (+ CRLFCRLF) injected: httparse fails on the NUL wherever it lands → 400.
-    BadRequest,
-    /// More headers than `max_headers` injected → 431. `tail` completes the current
-    /// line first (":\r\n" inside a name, "\r\n" inside a value, "" at a line start).
-    TooLarge { tail: &'static [u8] },
+pub struct Reject {
+    pub status: StatusCode,
+    pub reason: &'static str,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Bad {
-    /// Bytes of the scanned slice that the parser may still get.
-    pub cut: usize,
-    pub reject: Reject,
-}
-
-impl Bad {
-    pub fn injection(&self, max_headers: usize) -> Vec<u8> {
-        match self.reject {
-            // The CRLFCRLF completes a head: a parser that waits for the end of the head sees it.
-            Reject::BadRequest => b"\0\r\n\r\n".to_vec(),
-            Reject::TooLarge { tail } => {
-                let mut v = Vec::with_capacity(tail.len() + 4 * (max_headers + 1));
-                v.extend_from_slice(tail);
-                for _ in 0..=max_headers {
-                    v.extend_from_slice(b"a:\r\n");
-                }
-                v.extend_from_slice(b"\r\n");
-                v
-            }
+impl Reject {
+    pub const fn bad(reason: &'static str) -> Reject {
+        Reject {
+            status: StatusCode::BAD_REQUEST,
+            reason,
         }
     }
+
+    /// A header line or the whole head over its limit (431).
+    pub const TOO_LARGE: Reject = Reject {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        reason: "request header fields too large",
+    };
+}
+
+/// Where the scanned stream breaks a rule.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Bad {
+    /// Bytes of the scanned slice the parser may still get: everything before the offending
+    /// message's head ends, so the requests before it are answered and it is never dispatched.
+    pub cut: usize,
+    pub reject: Reject,
 }
 
 /// The framing state of one HTTP/1 connection's inbound byte stream.
@@ -101,6 +108,10 @@ pub struct Scanner {
     chunk: u64,
     chunk_digits: u32,
 }
+
+const BARE_LF: &str = "bare LF in request head";
+const BARE_CR: &str = "bare CR in request head";
+const BAD_CHUNK: &str = "invalid chunked body";
 
 fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t'
@@ -180,16 +191,18 @@ impl Scanner {
         self.st == St::Off
     }
 
-    fn bad_head(&self, i: usize) -> Bad {
+    #[cold]
+    fn bad_head(&self, i: usize, why: &'static str) -> Bad {
         Bad {
             cut: i,
-            reject: Reject::BadRequest,
+            reject: Reject::bad(why),
         }
     }
 
     /// A framing error in a body or trailer: if this message's head has not reached the parser yet,
     /// cut inside the head (at its terminating empty line) so the request is never dispatched.
-    fn bad_body(&self, i: usize) -> Bad {
+    #[cold]
+    fn bad_body(&self, i: usize, why: &'static str) -> Bad {
         let cut = if self.head_end >= self.pos {
             (self.head_end - self.pos) as usize
         } else {
@@ -197,17 +210,18 @@ impl Scanner {
         };
         Bad {
             cut,
-            reject: Reject::BadRequest,
+            reject: Reject::bad(why),
         }
     }
 
-    fn too_large(&self, i: usize, tail: &'static [u8]) -> Bad {
+    #[cold]
+    fn too_large(&self, i: usize) -> Bad {
         if self.trailer {
-            return self.bad_body(i);
+            return self.bad_body(i, "chunked trailer line too long");
         }
         Bad {
             cut: i,
-            reject: Reject::TooLarge { tail },
+            reject: Reject::TOO_LARGE,
         }
     }
 
@@ -252,12 +266,26 @@ impl Scanner {
         let name = &self.name[..self.name_len.min(17)];
         if self.name_len == 14 && name == b"content-length" {
             if self.cl.is_some() || self.te {
-                return Err(self.bad_head(i)); // duplicate Content-Length, or CL with TE
+                return Err(self.bad_head(
+                    i,
+                    if self.te {
+                        "Content-Length with Transfer-Encoding"
+                    } else {
+                        "duplicate Content-Length"
+                    },
+                ));
             }
             self.hdr = Hdr::ContentLength;
         } else if self.name_len == 17 && name == b"transfer-encoding" {
             if self.cl.is_some() || self.te {
-                return Err(self.bad_head(i)); // TE with CL, or a second TE line
+                return Err(self.bad_head(
+                    i,
+                    if self.te {
+                        "duplicate Transfer-Encoding"
+                    } else {
+                        "Transfer-Encoding with Content-Length"
+                    },
+                ));
             }
             self.hdr = Hdr::TransferEncoding;
         }
@@ -305,13 +333,13 @@ impl Scanner {
         match self.hdr {
             Hdr::ContentLength => {
                 if self.val_bad || self.val_digits == 0 {
-                    return Err(self.bad_head(i));
+                    return Err(self.bad_head(i, "invalid Content-Length"));
                 }
                 self.cl = Some(self.val);
             }
             Hdr::TransferEncoding => {
                 if self.val_bad || &self.te_buf[..self.te_len] != b"chunked" {
-                    return Err(self.bad_head(i));
+                    return Err(self.bad_head(i, "unsupported Transfer-Encoding"));
                 }
                 self.te = true;
             }
@@ -360,7 +388,7 @@ impl Scanner {
                 }
                 St::Start => match b {
                     b'\r' => self.st = St::StartLf,
-                    b'\n' => return Err(self.bad_head(i)),
+                    b'\n' => return Err(self.bad_head(i, BARE_LF)),
                     _ => {
                         self.st = St::ReqLine;
                         self.head_start = self.pos + i as u64;
@@ -369,7 +397,7 @@ impl Scanner {
                 },
                 St::StartLf => {
                     if b != b'\n' {
-                        return Err(self.bad_head(i));
+                        return Err(self.bad_head(i, BARE_CR));
                     }
                     self.st = St::Start;
                 }
@@ -378,17 +406,17 @@ impl Scanner {
                     Some(k) => {
                         i += k;
                         if data[i] != b'\r' {
-                            return Err(self.bad_head(i)); // bare LF
+                            return Err(self.bad_head(i, BARE_LF));
                         }
                         self.st = St::ReqLineLf;
                     }
                 },
                 St::ReqLineLf | St::ValueLf => {
                     if b != b'\n' {
-                        return Err(self.bad_head(i)); // bare CR
+                        return Err(self.bad_head(i, BARE_CR));
                     }
                     if !self.trailer && self.head_len_at(i + 1) > self.max_head as u64 {
-                        return Err(self.too_large(i + 1, b""));
+                        return Err(self.too_large(i + 1));
                     }
                     self.st = St::LineStart;
                 }
@@ -399,8 +427,9 @@ impl Scanner {
                             self.head_end = self.pos + i as u64;
                         }
                     }
-                    // bare LF; obs-fold (or whitespace before the first header)
-                    b'\n' | b' ' | b'\t' => return Err(self.bad_head(i)),
+                    b'\n' => return Err(self.bad_head(i, BARE_LF)),
+                    // obs-fold (or whitespace before the first header)
+                    b' ' | b'\t' => return Err(self.bad_head(i, "obs-fold in request head")),
                     _ => {
                         self.st = St::Name;
                         self.line = 0;
@@ -410,7 +439,7 @@ impl Scanner {
                 },
                 St::EndLf => {
                     if b != b'\n' {
-                        return Err(self.bad_head(i));
+                        return Err(self.bad_head(i, BARE_CR));
                     }
                     self.end_of_head();
                 }
@@ -421,7 +450,7 @@ impl Scanner {
                         .position(|&c| c == b':' || c == b'\r' || c == b'\n')
                         .unwrap_or(rest.len());
                     if self.line + k > self.max_line {
-                        return Err(self.too_large(i + (self.max_line - self.line), b":\r\n"));
+                        return Err(self.too_large(i + (self.max_line - self.line)));
                     }
                     // Lower-cased copy of the name's start: enough to recognise the framing headers.
                     let room = self.name.len().saturating_sub(self.name_len);
@@ -438,7 +467,7 @@ impl Scanner {
                         return Ok(());
                     }
                     if data[i] != b':' {
-                        return Err(self.bad_head(i)); // a line without a colon
+                        return Err(self.bad_head(i, "header line without a colon"));
                     }
                     self.on_colon(i)?;
                     self.line += 1;
@@ -449,7 +478,7 @@ impl Scanner {
                         let rest = &data[i..];
                         let k = find_crlf(rest).unwrap_or(rest.len());
                         if self.line + k > self.max_line {
-                            return Err(self.too_large(i + (self.max_line - self.line), b"\r\n"));
+                            return Err(self.too_large(i + (self.max_line - self.line)));
                         }
                         self.line += k;
                         i += k;
@@ -460,13 +489,13 @@ impl Scanner {
                         self.value_byte(b);
                         self.line += 1;
                         if self.line > self.max_line {
-                            return Err(self.too_large(i, b"\r\n"));
+                            return Err(self.too_large(i));
                         }
                         i += 1;
                         continue;
                     }
                     if data[i] != b'\r' {
-                        return Err(self.bad_head(i)); // bare LF
+                        return Err(self.bad_head(i, BARE_LF));
                     }
                     self.end_value(i)?;
                     self.st = St::ValueLf;
@@ -475,17 +504,17 @@ impl Scanner {
                     if let Some(d) = (b as char).to_digit(16) {
                         self.chunk_digits += 1;
                         if self.chunk_digits > 16 {
-                            return Err(self.bad_body(i)); // would overflow
+                            return Err(self.bad_body(i, "chunk size overflow"));
                         }
                         self.chunk = (self.chunk << 4) | d as u64;
                     } else if self.chunk_digits == 0 {
-                        return Err(self.bad_body(i));
+                        return Err(self.bad_body(i, BAD_CHUNK));
                     } else {
                         match b {
                             b' ' | b'\t' => self.st = St::ChunkLws,
                             b';' => self.st = St::ChunkExt,
                             b'\r' => self.st = St::ChunkSizeLf,
-                            _ => return Err(self.bad_body(i)),
+                            _ => return Err(self.bad_body(i, BAD_CHUNK)),
                         }
                     }
                 }
@@ -493,16 +522,16 @@ impl Scanner {
                     b' ' | b'\t' => {}
                     b';' => self.st = St::ChunkExt,
                     b'\r' => self.st = St::ChunkSizeLf,
-                    _ => return Err(self.bad_body(i)),
+                    _ => return Err(self.bad_body(i, BAD_CHUNK)),
                 },
                 St::ChunkExt => match b {
                     b'\r' => self.st = St::ChunkSizeLf,
-                    b'\n' => return Err(self.bad_body(i)),
+                    b'\n' => return Err(self.bad_body(i, BAD_CHUNK)),
                     _ => {}
                 },
                 St::ChunkSizeLf => {
                     if b != b'\n' {
-                        return Err(self.bad_body(i));
+                        return Err(self.bad_body(i, BAD_CHUNK));
                     }
                     if self.chunk == 0 {
                         self.trailer = true;
@@ -513,13 +542,13 @@ impl Scanner {
                 }
                 St::ChunkDataCr => {
                     if b != b'\r' {
-                        return Err(self.bad_body(i));
+                        return Err(self.bad_body(i, BAD_CHUNK));
                     }
                     self.st = St::ChunkDataLf;
                 }
                 St::ChunkDataLf => {
                     if b != b'\n' {
-                        return Err(self.bad_body(i));
+                        return Err(self.bad_body(i, BAD_CHUNK));
                     }
                     self.chunk = 0;
                     self.chunk_digits = 0;
@@ -613,8 +642,8 @@ mod tests {
         for c in cases {
             let b = check_split(c).expect_err(std::str::from_utf8(c).unwrap());
             assert_eq!(
-                b.reject,
-                Reject::BadRequest,
+                b.reject.status,
+                StatusCode::BAD_REQUEST,
                 "{}",
                 String::from_utf8_lossy(c)
             );
@@ -651,16 +680,13 @@ mod tests {
         req.extend(std::iter::repeat_n(b'a', 8200));
         req.extend_from_slice(b"\r\n\r\n");
         let b = check_split(&req).unwrap_err();
-        assert_eq!(b.reject, Reject::TooLarge { tail: b"\r\n" });
-        let inj = b.injection(100);
-        assert_eq!(inj.len(), 2 + 4 * 101 + 2);
+        assert_eq!(b.reject, Reject::TOO_LARGE);
+        // Cut where the line passes the limit: the parser never gets a complete head.
+        assert_eq!(b.cut, "GET / HTTP/1.1\r\n".len() + 8192);
 
         let mut req = b"GET / HTTP/1.1\r\n".to_vec();
         req.extend(std::iter::repeat_n(b'n', 8200));
-        assert_eq!(
-            check(&req).unwrap_err().reject,
-            Reject::TooLarge { tail: b":\r\n" }
-        );
+        assert_eq!(check(&req).unwrap_err().reject, Reject::TOO_LARGE);
 
         // Long request line: left to the proxy (414); many mid-sized headers: 431 on the total.
         let mut req = b"GET /".to_vec();
@@ -674,10 +700,7 @@ mod tests {
             req.extend_from_slice(b"\r\n");
         }
         req.extend_from_slice(b"\r\n");
-        assert_eq!(
-            check(&req).unwrap_err().reject,
-            Reject::TooLarge { tail: b"" }
-        );
+        assert_eq!(check(&req).unwrap_err().reject, Reject::TOO_LARGE);
     }
 
     #[test]

@@ -1,23 +1,22 @@
-//! A cheap pre-parser in front of the HTTP/1 parser (`h1.rs`, httparse) for the framing rules httparse is
-//! lenient about (DESIGN §7): bare LF line endings, obs-fold, CL+TE, duplicate or malformed
-//! Content-Length, Transfer-Encoding other than `chunked`, bad chunk sizes, 8 KiB header lines,
-//! 32 KiB heads, and a header read timeout that answers 408 instead of closing silently.
+//! The edge limits of an HTTP/1 connection (docs/architecture.md, "Edge limits"), in front of the
+//! parser (`h1.rs`, httparse): the framing rules httparse is lenient about (bare LF line endings,
+//! obs-fold, CL+TE, duplicate or malformed Content-Length, Transfer-Encoding other than `chunked`,
+//! bad chunk sizes), 8 KiB header lines, 32 KiB heads, and a header read timeout that answers 408
+//! instead of closing silently.
 //!
-//! [`EdgeIo`] wraps the client socket. Every byte read is fed to [`Scanner`], a byte-level state
-//! machine that tracks message framing (head → Content-Length body / chunked body → next head),
-//! so it knows where each head starts on a keep-alive or pipelined connection. Body bytes of a
-//! Content-Length body or chunk are skipped in O(1); request lines and header values are searched
-//! for CR/LF eight bytes at a time; only header names and the values of Content-Length and
-//! Transfer-Encoding are looked at byte by byte. Nothing is copied or buffered.
-//!
-//! When a message breaks a rule, the parser is handed the bytes before the offending one plus a short
-//! injected tail that its own parser must reject (a NUL → 400, or a header flood → 431), then EOF.
-//! The server therefore answers in order (after any pipelined requests before the bad one), closes the
-//! connection, and never dispatches the bad request: the upstream never sees it. If the offending
-//! byte is in a chunked body whose head is still undelivered, the cut moves back into that head.
-//! HTTP/2 prior-knowledge connections (the 24-byte preface) are not scanned.
+//! [`EdgeIo`] wraps the client socket and feeds every byte read to [`Scanner`] (`http1/scan.rs`),
+//! which knows where each head starts on a keep-alive or pipelined connection and costs a few
+//! nanoseconds a head. When a message breaks a rule, the read is cut before the offending message
+//! can be parsed, the typed [`Reject`] (status, reason) is kept, and reads report EOF from then on.
+//! The connection loop answers the requests before the cut, then finds the reject where it would
+//! have found EOF and writes it (`h1::write_error`): the server answers in order, closes the
+//! connection, and never dispatches the bad request, so the upstream never sees it. The header
+//! timer works the same way: when it fires, reads report EOF with a 408 reject. The parser only
+//! ever sees bytes the client sent. HTTP/2 prior-knowledge connections (the 24-byte preface) are
+//! not scanned.
 use super::idle::Activity;
-use crate::http1::Scanner;
+use crate::http1::{Reject, Scanner};
+use http::StatusCode;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -29,9 +28,11 @@ use tokio::time::{Instant, Sleep};
 
 pub(super) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-const TIMEOUT_RESPONSE: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
-content-length: 43\r\nconnection: close\r\n\r\n{\"error_msg\":\"request header read timeout\"}";
+/// A head that started arriving was not complete within `HeadLimits::timeout`.
+const TIMED_OUT: Reject = Reject {
+    status: StatusCode::REQUEST_TIMEOUT,
+    reason: "request header read timeout",
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct HeadLimits {
@@ -40,8 +41,6 @@ pub struct HeadLimits {
     pub max_line: usize,
     /// Longest request head (request line + header lines + empty line).
     pub max_head: usize,
-    /// The parser's header count cap: the 431 injection must exceed it.
-    pub max_headers: usize,
     /// From the first byte of a head that did not arrive in one read until the head is complete.
     pub timeout: Duration,
 }
@@ -53,14 +52,12 @@ pub struct EdgeIo<S> {
     limits: HeadLimits,
     /// Bytes of the h2 preface matched so far; > 24 once the connection is known to be HTTP/1.
     preface: usize,
-    /// Injected bytes not yet handed to the parser, and how many were.
-    inject: Option<(Vec<u8>, usize)>,
-    /// Reads return EOF from now on (after any injection).
+    /// Why the stream was cut: the answer the connection owes once it reaches the cut.
+    reject: Option<Reject>,
+    /// Reads return EOF from now on.
     eof: bool,
     deadline: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Bytes of the 408 response written so far, once the header timer fired.
-    timed_out: Option<usize>,
     /// Bytes still to discard after our FIN (lingering close), once shutdown started.
     linger: Option<usize>,
     /// Reads and writes count as activity for the keep-alive idle timeout.
@@ -81,63 +78,38 @@ impl<S> EdgeIo<S> {
             scan: Scanner::new(limits.max_line, limits.max_head),
             limits,
             preface: 0,
-            inject: None,
+            reject: None,
             eof: false,
             deadline: None,
             sleep: None,
-            timed_out: None,
             linger: None,
             act,
         }
     }
 
-    fn stop(&mut self) {
+    /// The stream was cut here: reads report EOF; the connection owes the client `reject`.
+    fn stop(&mut self, reject: Reject) {
         self.scan.off();
+        self.reject = Some(reject);
         self.eof = true;
         self.deadline = None;
         self.sleep = None;
     }
-}
 
-impl<S: AsyncWrite + Unpin> EdgeIo<S> {
-    /// Write the 408, then report EOF: the server drops the half-read head and closes.
-    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut done = self.timed_out.unwrap_or(0);
-        while done < TIMEOUT_RESPONSE.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &TIMEOUT_RESPONSE[done..]) {
-                Poll::Pending => {
-                    self.timed_out = Some(done);
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
-                Poll::Ready(Ok(k)) => done += k,
-            }
-        }
-        let _ = Pin::new(&mut self.inner).poll_flush(cx);
-        self.timed_out = Some(TIMEOUT_RESPONSE.len());
-        Poll::Ready(Ok(()))
+    /// Why reads report EOF, when it is not the client's EOF: the connection answers with it
+    /// after the requests before the cut.
+    pub fn reject(&self) -> Option<Reject> {
+        self.reject
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for EdgeIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.timed_out.is_some() {
-            return this.poll_timeout(cx);
-        }
-        if let Some((inj, done)) = &mut this.inject {
-            let k = buf.remaining().min(inj.len() - *done);
-            buf.put_slice(&inj[*done..*done + k]);
-            *done += k;
-            if *done == inj.len() {
-                this.inject = None;
-            }
-            return Poll::Ready(Ok(()));
-        }
         if this.eof {
             return Poll::Ready(Ok(()));
         }
@@ -152,9 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<S> {
                         sleep.as_mut().reset(d);
                     }
                     if sleep.as_mut().poll(cx).is_ready() {
-                        this.stop();
-                        this.timed_out = Some(0);
-                        return this.poll_timeout(cx);
+                        this.stop(TIMED_OUT);
+                        return Poll::Ready(Ok(()));
                     }
                 }
                 Poll::Pending
@@ -195,9 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<S> {
                                 None => this.deadline = Some(now + this.limits.timeout),
                                 Some(d) if now >= d => {
                                     buf.set_filled(before);
-                                    this.stop();
-                                    this.timed_out = Some(0);
-                                    return this.poll_timeout(cx);
+                                    this.stop(TIMED_OUT);
                                 }
                                 Some(_) => {}
                             }
@@ -206,14 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for EdgeIo<S> {
                         }
                     }
                     Err(bad) => {
+                        // What follows the cut is never parsed (EOF from here on).
                         buf.set_filled(before + bad.cut);
-                        let inj = bad.injection(this.limits.max_headers);
-                        let k = buf.remaining().min(inj.len());
-                        buf.put_slice(&inj[..k]);
-                        this.stop();
-                        if k < inj.len() {
-                            this.inject = Some((inj, k));
-                        }
+                        this.stop(bad.reject);
                     }
                 }
                 Poll::Ready(Ok(()))

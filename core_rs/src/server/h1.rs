@@ -14,7 +14,7 @@
 use super::edge::{EdgeIo, H2_PREFACE};
 use super::LocalExec;
 use crate::http1::{
-    chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder,
+    chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder, Reject,
 };
 use crate::proxy::body::{BoxError, GwBody};
 use crate::sys::rawtcp::RawTcp;
@@ -47,6 +47,16 @@ const MAX_HEADERS: usize = 128;
 /// configured limit long before; this only bounds the buffer.
 const MAX_BUFFERED_HEAD: usize = 1024 * 1024;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+const MALFORMED: Reject = Reject::bad("malformed request");
+const URI_TOO_LONG: Reject = Reject {
+    status: StatusCode::URI_TOO_LONG,
+    reason: "request URI too long",
+};
+const VERSION_NOT_SUPPORTED: Reject = Reject {
+    status: StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+    reason: "HTTP version not supported",
+};
 
 /// The request body of an HTTP/1.1 or an HTTP/2 request.
 pub enum ClientBody {
@@ -183,9 +193,12 @@ impl Body for H1Body {
             match read {
                 Ok(0) => {
                     st.body = InBody::Failed;
-                    return Poll::Ready(Some(Err(
-                        "client closed the connection before the end of the body".into(),
-                    )));
+                    // The edge cut the stream inside this body (a bad chunk): say why.
+                    let why = st.io.reject().map_or(
+                        "client closed the connection before the end of the body",
+                        |r| r.reason,
+                    );
+                    return Poll::Ready(Some(Err(why.into())));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -259,8 +272,9 @@ enum Next {
     Request(Box<Head>),
     /// The client speaks HTTP/2 (prior knowledge): the buffered bytes start with its preface.
     H2,
-    /// A head that cannot be served: answer with this status and close.
-    Bad(StatusCode),
+    /// A head that cannot be served (or the edge's reject where the stream was cut): answer and
+    /// close.
+    Bad(Reject),
     /// EOF, a read error, or the worker is draining and no request has started.
     Close,
 }
@@ -291,16 +305,12 @@ fn parse_head(
     let len = match req.parse_with_uninit_headers(buf, &mut slots[..max_headers.min(MAX_HEADERS)]) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return None,
-        Err(httparse::Error::TooManyHeaders) => {
-            return Some(Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
-        }
-        Err(httparse::Error::Version) => {
-            return Some(Next::Bad(StatusCode::HTTP_VERSION_NOT_SUPPORTED))
-        }
-        Err(_) => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+        Err(httparse::Error::TooManyHeaders) => return Some(Next::Bad(Reject::TOO_LARGE)),
+        Err(httparse::Error::Version) => return Some(Next::Bad(VERSION_NOT_SUPPORTED)),
+        Err(_) => return Some(Next::Bad(MALFORMED)),
     };
     let Ok(method) = Method::from_bytes(req.method.unwrap_or("").as_bytes()) else {
-        return Some(Next::Bad(StatusCode::BAD_REQUEST));
+        return Some(Next::Bad(MALFORMED));
     };
     let version = if req.version == Some(0) {
         Version::HTTP_10
@@ -315,7 +325,7 @@ fn parse_head(
     found.clear();
     for h in req.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Some(Next::Bad(StatusCode::BAD_REQUEST));
+            return Some(Next::Bad(MALFORMED));
         };
         let v = h.value;
         // Framing errors (CL + TE, duplicates, codings other than chunked) never get here:
@@ -323,7 +333,7 @@ fn parse_head(
         if name == header::CONTENT_LENGTH {
             match parse_cl_value(v) {
                 Some(n) if body == InBody::Length(0) => body = InBody::Length(n),
-                _ => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+                _ => return Some(Next::Bad(Reject::bad("invalid Content-Length"))),
             }
         } else if name == header::TRANSFER_ENCODING {
             body = InBody::Chunked(ChunkDecoder::default());
@@ -344,10 +354,8 @@ fn parse_head(
     let head = buf.split_to(len).freeze();
     let uri = match Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1)) {
         Ok(u) => u,
-        Err(_) if path_at.1 >= u16::MAX as usize - 1 => {
-            return Some(Next::Bad(StatusCode::URI_TOO_LONG))
-        }
-        Err(_) => return Some(Next::Bad(StatusCode::BAD_REQUEST)),
+        Err(_) if path_at.1 >= u16::MAX as usize - 1 => return Some(Next::Bad(URI_TOO_LONG)),
+        Err(_) => return Some(Next::Bad(MALFORMED)),
     };
     let mut headers = HeaderMap::with_capacity(found.len());
     for (name, at, n) in found.drain(..) {
@@ -384,13 +392,16 @@ impl Shared {
                     return Poll::Ready(next);
                 }
                 if st.rbuf.len() > MAX_BUFFERED_HEAD {
-                    return Poll::Ready(Next::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+                    return Poll::Ready(Next::Bad(Reject::TOO_LARGE));
                 }
             } else if self.closing.get() {
                 return Poll::Ready(Next::Close);
             }
             match ready!(poll_read_buf(&mut st.io, cx, &mut st.rbuf)) {
-                Ok(0) | Err(_) => return Poll::Ready(Next::Close),
+                // The edge cut the stream here: its answer is owed now that the requests before
+                // the cut are answered.
+                Ok(0) => return Poll::Ready(st.io.reject().map_or(Next::Close, Next::Bad)),
+                Err(_) => return Poll::Ready(Next::Close),
                 Ok(_) => {}
             }
         }
@@ -418,7 +429,8 @@ impl Shared {
             return false;
         };
         let st = &mut *st;
-        if !st.rbuf.is_empty() {
+        // A stream the edge cut is not a client that left: it waits for its answers.
+        if !st.rbuf.is_empty() || st.io.reject().is_some() {
             return false;
         }
         matches!(
@@ -581,24 +593,6 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn bad_request_response(status: StatusCode) -> Vec<u8> {
-    let msg = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "request header fields too large",
-        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "HTTP version not supported",
-        StatusCode::URI_TOO_LONG => "request URI too long",
-        _ => "malformed request",
-    };
-    let body = format!("{{\"error_msg\":\"{msg}\"}}");
-    let mut out = Vec::with_capacity(160 + body.len());
-    status_line(&mut out, status);
-    out.extend_from_slice(b"content-type: application/json\r\n");
-    content_length(&mut out, body.len() as u64);
-    date_line(&mut out);
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(body.as_bytes());
-    out
-}
-
 /// Write a response; true if the connection can carry another request.
 async fn write_response(
     conn: &Shared,
@@ -725,6 +719,13 @@ async fn write_response(
     }
 }
 
+/// Answer a request the server refuses itself (the edge's rejects, heads the parser refuses):
+/// every such HTTP/1 answer is written here, and the connection closes after it.
+async fn write_error(conn: &Shared, reject: Reject, wbuf: &mut Vec<u8>) {
+    let resp = crate::proxy::error_response(reject.status, reject.reason);
+    write_response(conn, resp, wbuf, false, Version::HTTP_11, false).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Connection
 // ---------------------------------------------------------------------------------------------
@@ -789,10 +790,8 @@ async fn serve<S, F>(
         let head = match poll_fn(|cx| conn.poll_next(cx, max_headers, &mut found)).await {
             Next::Request(h) => h,
             Next::H2 => return serve_h2(conn, svc, h2).await,
-            Next::Bad(status) => {
-                let _ = conn
-                    .write_all(&mut [IoSlice::new(&bad_request_response(status))])
-                    .await;
+            Next::Bad(reject) => {
+                write_error(&conn, reject, &mut wbuf).await;
                 break;
             }
             Next::Close => break,
@@ -1042,6 +1041,8 @@ mod tests {
         Response::new(body)
     }
 
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
+
     /// A server on a free port running `Conn` for each connection; returns the port and the flag
     /// `/hang` sets.
     async fn server() -> (u16, Rc<Cell<bool>>) {
@@ -1060,8 +1061,7 @@ mod tests {
         let limits = HeadLimits {
             max_line: 8192,
             max_head: 32768,
-            max_headers: 100,
-            timeout: Duration::from_secs(10),
+            timeout: HEAD_TIMEOUT,
         };
         let h2 = Rc::new(http2::Builder::new(LocalExec));
         tokio::task::spawn_local(async move {
@@ -1314,6 +1314,60 @@ mod tests {
             let req = format!("GET /a HTTP/1.1\r\n{many}\r\n");
             let (text, closed) = exchange(port, req.as_bytes(), 1).await;
             assert!(closed && text.starts_with("HTTP/1.1 431 "), "{text}");
+        });
+    }
+
+    /// The edge's typed rejects: answered after the requests before them, then the connection
+    /// closes; the rejected request never reaches the service.
+    #[test]
+    fn edge_rejects_are_answered_in_order_then_close() {
+        with_server(|port| async move {
+            let (text, closed) = exchange(
+                port,
+                b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\nHost: x\r\n\r\n",
+                2,
+            )
+            .await;
+            assert!(closed, "{text}");
+            let (first, second) = text.split_once("HTTP/1.1 400").expect(&text);
+            assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(first.ends_with("GET /a "), "{text}");
+            assert!(
+                second.contains("content-type: application/json\r\n"),
+                "{text}"
+            );
+            assert!(second.contains("connection: close\r\n"), "{text}");
+            assert!(
+                second.ends_with("{\"error_msg\":\"bare LF in request head\"}"),
+                "{text}"
+            );
+
+            let long = format!("GET /c HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(9000));
+            let (text, closed) = exchange(port, long.as_bytes(), 1).await;
+            assert!(closed && text.starts_with("HTTP/1.1 431 "), "{text}");
+            assert!(
+                text.ends_with("{\"error_msg\":\"request header fields too large\"}"),
+                "{text}"
+            );
+
+            // A head that does not complete in time: 408 from the connection loop, then close.
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+            let started = std::time::Instant::now();
+            let text = read_responses(&mut c, 1).await;
+            assert!(started.elapsed() >= HEAD_TIMEOUT / 2, "{text}");
+            assert!(
+                text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+                "{text}"
+            );
+            assert!(
+                text.ends_with("{\"error_msg\":\"request header read timeout\"}"),
+                "{text}"
+            );
+            let mut tmp = [0u8; 8];
+            assert_eq!(c.read(&mut tmp).await.unwrap(), 0, "closed after the 408");
         });
     }
 

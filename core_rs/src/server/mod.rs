@@ -99,7 +99,6 @@ pub async fn serve(
     let head_limits = edge::HeadLimits {
         max_line: limits.max_line_bytes,
         max_head: limits.max_head_bytes,
-        max_headers: limits.max_headers,
         timeout: limits.header_timeout,
     };
     let drain_set = drain::Drain::default();
