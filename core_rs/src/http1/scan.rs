@@ -349,7 +349,7 @@ impl Scanner {
     }
 
     /// Scan the next bytes of the stream. On `Err`, the connection is done: the parser gets
-    /// `data[..cut]` plus the injection, and the scanner is off.
+    /// `data[..cut]` and then EOF, the connection answers `reject`, and the scanner is off.
     pub fn scan(&mut self, data: &[u8]) -> Result<(), Bad> {
         let r = self.scan_inner(data);
         match r {

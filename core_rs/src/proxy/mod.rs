@@ -1,6 +1,7 @@
 //! The request path of one worker: checks → normalize → route → plugins → upstream → response.
 pub mod body;
 pub mod normalize;
+pub mod service;
 pub mod table;
 pub mod vars;
 

@@ -312,8 +312,8 @@ impl Worker {
                 // Spawned, not driven directly: `block_on` polls its own future on every wake-up
                 // of any task, and the accept loop's select over signal futures costs ~2.7k
                 // instructions per poll; a JoinHandle is cheap to poll.
-                let serve =
-                    server::serve(listener, shared, limits, server::shutdown_signal(stop_rx));
+                let svc = Rc::new(crate::proxy::service::ProxyService::new(shared));
+                let serve = server::serve(listener, svc, limits, server::shutdown_signal(stop_rx));
                 match tokio::task::spawn_local(serve).await {
                     Ok(r) => r,
                     Err(e) => Err(std::io::Error::other(format!("server task failed: {e}"))),

@@ -6,17 +6,20 @@
 //! calls the service in place (no channel, no move of its future), writes the response head with
 //! the first body frame in one `writev`, and streams the rest. The framing rules hyper was lenient
 //! about are enforced in front of the parser by [`EdgeIo`] (see `edge.rs`): this parser only has
-//! to turn what it lets through (or the junk it injects) into requests and 400/431 answers.
+//! to turn what it lets through into requests; where the edge cut the stream, the loop finds the
+//! edge's typed reject instead of EOF and answers it (`write_error`, the one writer of the
+//! server's own HTTP/1 errors).
 //!
 //! The connection and the body of its current request share the socket and the read buffer
-//! (`Rc<Shared>`): the service reads the body while the connection task awaits it, and nothing
+//! (`Rc<ConnState>`): the service reads the body while the connection task awaits it, and nothing
 //! holds a borrow across an await.
 use super::edge::{EdgeIo, H2_PREFACE};
-use super::LocalExec;
+use super::idle::Activity;
+use super::{error_response, LocalExec, ResponseBody, Service};
 use crate::http1::{
-    chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, ChunkDecoder, Reject,
+    chunk_header, has_close_token, has_token, parse_cl_value, poll_read_into, BoxError,
+    ChunkDecoder, Reject,
 };
-use crate::proxy::body::{BoxError, GwBody};
 use crate::sys::rawtcp::RawTcp;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -30,6 +33,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
@@ -66,13 +70,13 @@ pub enum ClientBody {
 
 /// Reads the current request's body from its connection.
 pub struct H1Body {
-    conn: Rc<Shared>,
+    conn: Rc<ConnState>,
     /// The request this body belongs to: a body kept past its request reads nothing more.
     seq: u64,
 }
 
 /// What a connection and its current request body share.
-struct Shared {
+struct ConnState {
     st: RefCell<IoState>,
     /// The worker is draining: finish the request in flight, then close.
     closing: Cell<bool>,
@@ -376,7 +380,7 @@ fn parse_head(
     })))
 }
 
-impl Shared {
+impl ConnState {
     fn poll_next(
         &self,
         cx: &mut Context<'_>,
@@ -513,10 +517,10 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 
 /// Encode the response head into `out`; returns the body framing and whether the connection
 /// stays open after this response.
-fn encode_head(
+fn encode_head<B: ResponseBody>(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    body: &GwBody,
+    body: &B,
     head_request: bool,
     version: Version,
     mut keep_alive: bool,
@@ -594,9 +598,9 @@ fn content_length(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Write a response; true if the connection can carry another request.
-async fn write_response(
-    conn: &Shared,
-    resp: Response<GwBody>,
+async fn write_response<B: ResponseBody>(
+    conn: &ConnState,
+    resp: Response<B>,
     wbuf: &mut Vec<u8>,
     head_request: bool,
     version: Version,
@@ -721,8 +725,8 @@ async fn write_response(
 
 /// Answer a request the server refuses itself (the edge's rejects, heads the parser refuses):
 /// every such HTTP/1 answer is written here, and the connection closes after it.
-async fn write_error(conn: &Shared, reject: Reject, wbuf: &mut Vec<u8>) {
-    let resp = crate::proxy::error_response(reject.status, reject.reason);
+async fn write_error<B: ResponseBody>(conn: &ConnState, reject: Reject, wbuf: &mut Vec<u8>) {
+    let resp: Response<B> = error_response(reject.status, reject.reason);
     write_response(conn, resp, wbuf, false, Version::HTTP_11, false).await;
 }
 
@@ -730,24 +734,31 @@ async fn write_error(conn: &Shared, reject: Reject, wbuf: &mut Vec<u8>) {
 // Connection
 // ---------------------------------------------------------------------------------------------
 
+/// What a connection needs to know besides its socket.
+pub struct ConnOpts {
+    pub peer: SocketAddr,
+    /// Shared with the IO wrapper and the idle timer: requests in flight count as activity.
+    pub act: Rc<Activity>,
+    /// The parser's header count cap (431 above it).
+    pub max_headers: usize,
+    /// The response to the request that reaches this count closes the connection.
+    pub max_requests: u64,
+}
+
 /// One client connection: HTTP/1.1 served here, HTTP/2 handed to hyper.
 pub struct Conn {
-    shared: Rc<Shared>,
+    shared: Rc<ConnState>,
     fut: Pin<Box<dyn Future<Output = ()>>>,
 }
 
 impl Conn {
-    pub fn new<S, F>(
+    pub fn new<S: Service>(
         io: Io,
         svc: Rc<S>,
         h2: Rc<http2::Builder<LocalExec>>,
-        max_headers: usize,
-    ) -> Conn
-    where
-        S: Fn(Request<ClientBody>) -> F + 'static,
-        F: Future<Output = Response<GwBody>> + 'static,
-    {
-        let shared = Rc::new(Shared {
+        opts: ConnOpts,
+    ) -> Conn {
+        let shared = Rc::new(ConnState {
             st: RefCell::new(IoState {
                 io,
                 rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -757,7 +768,7 @@ impl Conn {
             }),
             closing: Cell::new(false),
         });
-        let fut = Box::pin(serve(shared.clone(), svc, h2, max_headers));
+        let fut = Box::pin(serve(shared.clone(), svc, h2, opts));
         Conn { shared, fut }
     }
 
@@ -775,23 +786,20 @@ impl Future for Conn {
     }
 }
 
-async fn serve<S, F>(
-    conn: Rc<Shared>,
+async fn serve<S: Service>(
+    conn: Rc<ConnState>,
     svc: Rc<S>,
     h2: Rc<http2::Builder<LocalExec>>,
-    max_headers: usize,
-) where
-    S: Fn(Request<ClientBody>) -> F + 'static,
-    F: Future<Output = Response<GwBody>> + 'static,
-{
+    opts: ConnOpts,
+) {
     let mut found: Vec<HeaderAt> = Vec::new();
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     loop {
-        let head = match poll_fn(|cx| conn.poll_next(cx, max_headers, &mut found)).await {
+        let head = match poll_fn(|cx| conn.poll_next(cx, opts.max_headers, &mut found)).await {
             Next::Request(h) => h,
-            Next::H2 => return serve_h2(conn, svc, h2).await,
+            Next::H2 => return serve_h2(conn, svc, h2, opts).await,
             Next::Bad(reject) => {
-                write_error(&conn, reject, &mut wbuf).await;
+                write_error::<S::Body>(&conn, reject, &mut wbuf).await;
                 break;
             }
             Next::Close => break,
@@ -818,12 +826,16 @@ async fn serve<S, F>(
                 seq,
             }),
         );
-        let call = std::pin::pin!(svc(req));
+        let in_flight = opts.act.request();
+        // The keep-alive request cap: this response says `connection: close`.
+        let last = opts.act.requests() >= opts.max_requests;
+        let call = std::pin::pin!(svc.call(req, opts.peer));
         let Some(resp) = conn.run_watched(call).await else {
             break; // the client went away: the request was dropped (upstream call cancelled)
         };
+        drop(in_flight);
         // Draining: this response says so (`connection: close`).
-        let keep_alive = keep_alive && !conn.closing.get();
+        let keep_alive = keep_alive && !last && !conn.closing.get();
         let keep = write_response(&conn, resp, &mut wbuf, head_request, version, keep_alive).await;
         if !keep || conn.closing.get() {
             break;
@@ -855,9 +867,9 @@ fn h2_framing_error(h: &HeaderMap) -> Option<&'static str> {
 }
 
 /// The client socket for hyper's HTTP/2 server: the bytes already read come first.
-struct SharedIo(Rc<Shared>);
+struct ConnIo(Rc<ConnState>);
 
-impl AsyncRead for SharedIo {
+impl AsyncRead for ConnIo {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -874,7 +886,7 @@ impl AsyncRead for SharedIo {
     }
 }
 
-impl AsyncWrite for SharedIo {
+impl AsyncWrite for ConnIo {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -904,26 +916,32 @@ impl AsyncWrite for SharedIo {
     }
 }
 
-async fn serve_h2<S, F>(conn: Rc<Shared>, svc: Rc<S>, h2: Rc<http2::Builder<LocalExec>>)
-where
-    S: Fn(Request<ClientBody>) -> F + 'static,
-    F: Future<Output = Response<GwBody>> + 'static,
-{
+async fn serve_h2<S: Service>(
+    conn: Rc<ConnState>,
+    svc: Rc<S>,
+    h2: Rc<http2::Builder<LocalExec>>,
+    opts: ConnOpts,
+) {
+    let ConnOpts { peer, act, .. } = opts;
     let service = service_fn(move |req: Request<Incoming>| {
         // A request with ambiguous framing never reaches the service (as `edge` does for HTTP/1).
         let call = match h2_framing_error(req.headers()) {
-            None => Ok(svc(req.map(ClientBody::H2))),
-            Some(why) => Err(crate::proxy::error_response(StatusCode::BAD_REQUEST, why)),
+            None => Ok((act.request(), svc.call(req.map(ClientBody::H2), peer))),
+            Some(why) => Err(error_response(StatusCode::BAD_REQUEST, why)),
         };
         async move {
             Ok::<_, Infallible>(match call {
-                Ok(f) => f.await,
+                Ok((in_flight, f)) => {
+                    let resp = f.await;
+                    drop(in_flight);
+                    resp
+                }
                 Err(resp) => resp,
             })
         }
     });
     let mut h2conn =
-        std::pin::pin!(h2.serve_connection(TokioIo::new(SharedIo(conn.clone())), service));
+        std::pin::pin!(h2.serve_connection(TokioIo::new(ConnIo(conn.clone())), service));
     let mut told = false;
     let _ = poll_fn(|cx| {
         if conn.closing.get() && !told {
@@ -938,7 +956,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::body::{ChunkFilter, Filtered};
     use crate::server::edge::HeadLimits;
     use crate::server::idle::Activity;
     use http_body_util::BodyExt;
@@ -988,11 +1005,59 @@ mod tests {
         }
     }
 
-    /// Passes chunks through; hides the length, so the response is chunked.
-    struct Same;
-    impl ChunkFilter for Same {
-        fn filter(&mut self, chunk: Bytes, _eof: bool) -> Result<Bytes, BoxError> {
-            Ok(chunk)
+    /// The tests' response body: one frame; `streamed` hides its length, so the response is
+    /// chunked (close-delimited for HTTP/1.0).
+    struct TestBody {
+        data: Option<Bytes>,
+        streamed: bool,
+    }
+
+    impl Body for TestBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.get_mut().data.take().map(|d| Ok(Frame::data(d))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.data.is_none()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            match &self.data {
+                _ if self.streamed => SizeHint::default(),
+                Some(d) => SizeHint::with_exact(d.len() as u64),
+                None => SizeHint::with_exact(0),
+            }
+        }
+    }
+
+    impl ResponseBody for TestBody {
+        fn full(data: Bytes) -> TestBody {
+            TestBody {
+                data: (!data.is_empty()).then_some(data),
+                streamed: false,
+            }
+        }
+    }
+
+    struct TestService {
+        dropped: Rc<Cell<bool>>,
+    }
+
+    impl Service for TestService {
+        type Body = TestBody;
+
+        fn call(
+            &self,
+            req: Request<ClientBody>,
+            _peer: SocketAddr,
+        ) -> impl Future<Output = Response<TestBody>> + use<> {
+            service(req, self.dropped.clone())
         }
     }
 
@@ -1006,7 +1071,7 @@ mod tests {
 
     /// Answers `<method> <uri> <body>`; `/stream` without a length, `/hang` never (it flags its
     /// drop), `/unread` without reading the body.
-    async fn service(req: Request<ClientBody>, dropped: Rc<Cell<bool>>) -> Response<GwBody> {
+    async fn service(req: Request<ClientBody>, dropped: Rc<Cell<bool>>) -> Response<TestBody> {
         let path = req.uri().path().to_string();
         if path == "/hang" {
             let _guard = Dropped(dropped);
@@ -1030,14 +1095,8 @@ mod tests {
             parts.uri,
             String::from_utf8_lossy(&body)
         );
-        let mut body = GwBody::full(text);
-        if path == "/stream" {
-            body = GwBody::Filtered(Box::new(Filtered {
-                inner: body,
-                filter: Box::new(Same),
-                done: false,
-            }));
-        }
+        let mut body = TestBody::full(Bytes::from(text));
+        body.streamed = path == "/stream";
         Response::new(body)
     }
 
@@ -1046,13 +1105,15 @@ mod tests {
     /// A server on a free port running `Conn` for each connection; returns the port and the flag
     /// `/hang` sets.
     async fn server() -> (u16, Rc<Cell<bool>>) {
-        let (port, dropped, _) = server_with_conns().await;
+        let (port, dropped, _) = server_with_conns(1000).await;
         (port, dropped)
     }
 
-    /// ... and the connections' shared state (to drain them).
-    async fn server_with_conns() -> (u16, Rc<Cell<bool>>, Rc<RefCell<Vec<Rc<Shared>>>>) {
-        let conns: Rc<RefCell<Vec<Rc<Shared>>>> = Rc::default();
+    /// ... with a keep-alive request cap, and the connections' shared state (to drain them).
+    async fn server_with_conns(
+        max_requests: u64,
+    ) -> (u16, Rc<Cell<bool>>, Rc<RefCell<Vec<Rc<ConnState>>>>) {
+        let conns: Rc<RefCell<Vec<Rc<ConnState>>>> = Rc::default();
         let seen = conns.clone();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -1066,11 +1127,19 @@ mod tests {
         let h2 = Rc::new(http2::Builder::new(LocalExec));
         tokio::task::spawn_local(async move {
             loop {
-                let (s, _) = l.accept().await.unwrap();
-                let io = EdgeIo::new(RawTcp(s), limits, Rc::new(Activity::default()));
-                let d = dropped.clone();
-                let svc = Rc::new(move |req| service(req, d.clone()));
-                let conn = Conn::new(io, svc, h2.clone(), 100);
+                let (s, peer) = l.accept().await.unwrap();
+                let act = Rc::new(Activity::default());
+                let io = EdgeIo::new(RawTcp(s), limits, act.clone());
+                let svc = Rc::new(TestService {
+                    dropped: dropped.clone(),
+                });
+                let opts = ConnOpts {
+                    peer,
+                    act,
+                    max_headers: 100,
+                    max_requests,
+                };
+                let conn = Conn::new(io, svc, h2.clone(), opts);
                 seen.borrow_mut().push(conn.shared.clone());
                 tokio::task::spawn_local(conn);
             }
@@ -1371,6 +1440,26 @@ mod tests {
         });
     }
 
+    /// The response to the connection's last allowed request says `connection: close`, and the
+    /// connection closes after it.
+    #[test]
+    fn keep_alive_request_cap_closes_after_the_last() {
+        run(async {
+            let (port, _, _) = server_with_conns(2).await;
+            let (text, closed) = exchange(
+                port,
+                b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n",
+                2,
+            )
+            .await;
+            assert!(closed, "{text}");
+            let (first, second) = text.split_once("GET /1 ").expect(&text);
+            assert!(!first.contains("connection: close"), "{text}");
+            assert!(second.contains("\r\nconnection: close\r\n"), "{text}");
+            assert!(second.ends_with("GET /2 "), "{text}");
+        });
+    }
+
     #[test]
     fn client_that_leaves_cancels_its_request() {
         run(async {
@@ -1395,7 +1484,7 @@ mod tests {
     #[test]
     fn draining_finishes_the_request_in_flight_then_closes() {
         run(async {
-            let (port, _, conns) = server_with_conns().await;
+            let (port, _, conns) = server_with_conns(1000).await;
             let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
                 .await

@@ -1,15 +1,23 @@
-//! Listener, accept loop and per-connection HTTP setup (HTTP/1.1 keep-alive + h2c prior knowledge),
-//! with the edge limits of DESIGN §7 and a graceful drain.
+//! The downstream side: listener, accept loop and per-connection HTTP (HTTP/1.1 keep-alive served
+//! by `h1.rs`, HTTP/2 prior knowledge handed to hyper), the edge limits (docs/architecture.md, "Edge
+//! limits"; `edge.rs`), connection caps, the keep-alive idle timeout and a graceful drain.
+//!
+//! The server knows nothing of what a request means: it calls a [`Service`] for each one (the proxy
+//! implements it in `proxy/service.rs`) and writes the response it gets back. It is generic over
+//! the service and its body, monomorphised, so the call costs what a direct call costs. Its own
+//! answers (edge rejects, heads it cannot parse, HTTP/2 framing errors) are built by one function,
+//! [`error_response`].
 mod drain;
 pub mod edge;
 pub mod h1;
 mod idle;
 
-use crate::observe::accesslog::Capture;
-use crate::observe::metrics::shm::{G_INFLIGHT, G_REQUESTS};
-use crate::proxy::{self, body::GwBody, Shared};
+use crate::http1::{error_body, BoxError};
 use crate::sys::rawtcp::RawTcp;
-use h1::ClientBody;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::StatusCode;
+use hyper::body::Body;
 use hyper::server::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioTimer;
@@ -18,10 +26,65 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+pub use h1::ClientBody;
+
+/// What the server calls: one request in, one response out, plus the connection events a service
+/// may count. Everything else (framing, keep-alive, limits, drain) is the server's.
+pub trait Service: 'static {
+    type Body: ResponseBody;
+
+    /// Handle one request from `peer`. The future runs on the worker's thread, pinned in place on
+    /// HTTP/1 (boxed by hyper on HTTP/2); dropped if the client goes away meanwhile. It borrows
+    /// nothing from `self` (`use<Self>`): it may outlive the call.
+    fn call(
+        &self,
+        req: Request<ClientBody>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + use<Self>;
+
+    /// A connection was accepted (and admitted by the caps).
+    fn conn_opened(&self) {}
+
+    /// A connection closed.
+    fn conn_closed(&self) {}
+
+    /// Runs beside the accept loop until the server stops (e.g. periodic log flushes).
+    fn housekeeping(&self) -> impl Future<Output = ()> + use<Self> {
+        std::future::pending()
+    }
+
+    /// The server stopped accepting and drained (or gave up draining).
+    fn stopped(&self) {}
+}
+
+/// What the server needs from a response body beyond [`Body`].
+pub trait ResponseBody: Body<Data = Bytes, Error = BoxError> + Unpin + 'static {
+    /// A body of these bytes, sent in one frame (the server's own error responses).
+    fn full(data: Bytes) -> Self;
+
+    /// Header lines to write as they are, after the response's header map, and whether they
+    /// include a Date: the header pass-through (see `UpstreamRequest::raw_headers`).
+    fn raw_headers(&self) -> Option<(&[u8], bool)> {
+        None
+    }
+}
+
+/// A response the server makes itself: `status` with `{"error_msg": reason}` as JSON. Every error
+/// the server answers on its own (400/408/413/414/431/505 on HTTP/1, framing errors on HTTP/2) is
+/// built here.
+pub fn error_response<B: ResponseBody>(status: StatusCode, reason: &str) -> Response<B> {
+    let mut r = Response::new(B::full(Bytes::from(error_body(reason))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
 
 /// The edge limits of one worker; built from the worker settings (`py/settings.rs`), which hold
 /// the only defaults.
@@ -81,16 +144,10 @@ fn h2_builder(limits: &Limits) -> http2::Builder<LocalExec> {
     b
 }
 
-/// `Box::pin(make())` without the copy: the allocation comes first, so the future is built straight
-/// into it (`Box::pin` builds the ~3 KB proxy future on the stack and then copies all of it).
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::<F>::new_uninit(), make()))
-}
-
 /// Accept and serve until `shutdown` resolves, then drain in-flight requests (capped).
-pub async fn serve(
+pub async fn serve<S: Service>(
     listener: std::net::TcpListener,
-    shared: Rc<Shared>,
+    svc: Rc<S>,
     limits: Limits,
     shutdown: impl Future<Output = bool>,
 ) -> std::io::Result<()> {
@@ -106,10 +163,7 @@ pub async fn serve(
     // Open connections per client address (this worker's share; each worker enforces the cap).
     let per_ip: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::new(RefCell::new(HashMap::new()));
     tokio::pin!(shutdown);
-    // Always: routes with file-logger / http-logger may come with any config change.
-    let log_task = Some(tokio::task::spawn_local(log_housekeeping(
-        shared.obs.clone(),
-    )));
+    let housekeeping = tokio::task::spawn_local(svc.housekeeping());
     let drain = loop {
         tokio::select! {
             drain = &mut shutdown => break drain,
@@ -130,48 +184,24 @@ pub async fn serve(
                     continue;
                 }
                 let _ = stream.set_nodelay(true);
-                shared.obs.conn_opened();
+                svc.conn_opened();
                 let admitted = drain_set.admit();
                 *per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
-                let conn_obs = shared.obs.clone();
-                let shared = shared.clone();
-                let max_req = limits.keepalive_requests;
                 let act = Rc::new(idle::Activity::default());
-                let conn_act = act.clone();
-                let svc = Rc::new(move |req: Request<ClientBody>| {
-                    let shared = shared.clone();
-                    let in_flight = act.request();
-                    let close = act.requests() >= max_req;
-                    async move {
-                        let _in_flight = in_flight;
-                        let obs = shared.obs.clone();
-                        obs.rec.bump(G_REQUESTS, 1);
-                        obs.housekeeping.note();
-                        obs.rec.bump(G_INFLIGHT, 1);
-                        let capture = obs.log.as_ref().map(|l| Box::new(Capture::new(&l.format, &req, peer)));
-                        let mut ex = crate::observe::Exchange::default();
-                        if capture.is_some() {
-                            ex.mark_start();
-                            ex.trace_id = crate::observe::trace_id(&req);
-                        }
-                        // Boxed in place: the ~3 KB proxy state is built on the heap once; returned by
-                        // value it would be copied into the connection's future (hyper's HTTP/2 server
-                        // moves it again). memcpy was ~4% of a request's CPU.
-                        let mut resp: Response<GwBody> = boxed_in_place(|| proxy::handle(shared, req, peer, &mut ex)).await;
-                        obs.rec.bump(G_INFLIGHT, -1);
-                        if close {
-                            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                        }
-                        crate::observe::meter(&obs, resp, ex, capture)
-                    }
-                });
-                let io = edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone());
-                let conn = h1::Conn::new(io, svc, h2.clone(), limits.max_headers);
+                let io = edge::EdgeIo::new(RawTcp(stream), head_limits, act.clone());
+                let opts = h1::ConnOpts {
+                    peer,
+                    act: act.clone(),
+                    max_headers: limits.max_headers,
+                    max_requests: limits.keepalive_requests,
+                };
+                let conn = h1::Conn::new(io, svc.clone(), h2.clone(), opts);
                 let drain_set = drain_set.clone();
                 let per_ip = per_ip.clone();
+                let svc = svc.clone();
                 tokio::task::spawn_local(async move {
-                    drain_set.serve(admitted, conn, idle::IdleTimer::new(conn_act, keepalive_idle)).await;
-                    conn_obs.conn_closed();
+                    drain_set.serve(admitted, conn, idle::IdleTimer::new(act, keepalive_idle)).await;
+                    svc.conn_closed();
                     let mut m = per_ip.borrow_mut();
                     if let Some(n) = m.get_mut(&ip) {
                         *n -= 1;
@@ -188,47 +218,9 @@ pub async fn serve(
         drain_set.start();
         let _ = tokio::time::timeout(limits.drain_timeout, drain_set.closed()).await;
     }
-    if let Some(t) = log_task {
-        t.abort();
-    }
-    shared.obs.flush_log();
+    housekeeping.abort();
+    svc.stopped();
     Ok(())
-}
-
-/// Flush access log (and file-logger) lines at least every 100 ms and pull Python plugin timings
-/// once a second while requests come; sleep while the worker is idle. Reopen the log files on
-/// SIGUSR1 (logrotate).
-async fn log_housekeeping(obs: Rc<crate::observe::Observer>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut usr1 = signal(SignalKind::user_defined1()).ok();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut ticks = 0u32;
-    let mut idle = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick(), if !idle => {
-                // Looked at before the flush: an http-logger failure is counted before its entries
-                // stop being pending, so the flush below moves it into the metrics.
-                let quiet = obs.housekeeping.quiet() && obs.loggers.http.pending() == 0;
-                obs.flush_log();
-                ticks = ticks.wrapping_add(1);
-                if ticks.is_multiple_of(10) || quiet {
-                    obs.pull_plugin_times();
-                }
-                idle = quiet;
-            }
-            _ = obs.housekeeping.sleep(), if idle => {
-                idle = false;
-                tick.reset();
-            }
-            Some(_) = async { match usr1.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => {
-                if let Some(log) = &obs.log {
-                    log.reopen();
-                }
-                obs.loggers.reopen();
-            }
-        }
-    }
 }
 
 /// Resolves on SIGTERM (true: drain) or SIGINT/SIGQUIT (false: stop fast), or when `stop` fires.
