@@ -1,6 +1,12 @@
 //! The HTTP/1 wire format shared by the downstream server (`server/`) and the upstream client
-//! (`upstream/`): what both sides of the proxy need to read and write HTTP/1.1 messages. Nothing here
-//! knows about routes, plugins or sockets.
+//! (`upstream/`): what both sides need to read and write HTTP/1.1 messages. Nothing here knows about
+//! routes, plugins or sockets, and nothing here imports the rest of the crate.
+//!
+//! `token.rs` comma-separated header tokens; `length.rs` Content-Length values; `chunked.rs` the
+//! chunked coding (chunk headers, the decoder); `hop.rs` the hop-by-hop header names; `io.rs`
+//! reading a socket into a buffer; `scan.rs` the request-stream scanner behind the edge limits,
+//! with its typed [`Reject`]; here, the one [`error_body`] of the gateway's own errors and the one
+//! [`BoxError`].
 mod chunked;
 mod hop;
 mod io;

@@ -1,4 +1,12 @@
-//! Inline HTTP/1.1 upstream client with a per-thread keep-alive pool.
+//! The upstream client: HTTP/1.1 (plain or TLS) to the nodes the proxy picks, with a per-thread
+//! keep-alive pool. It knows nothing of the downstream side: the request body is any
+//! `http_body::Body` ([`SendBody`]), the response comes back as a [`UpstreamBody`].
+//!
+//! By concern: `mod.rs` the public API ([`Target`], [`UpstreamRequest`], [`send`]) and one
+//! exchange; `pool.rs` the idle pool and its knobs ([`configure_pool`]); `connect.rs` TCP and TLS;
+//! `encode.rs` the request; `decode.rs` the response head; `body.rs` the response body;
+//! `lb.rs` the balancers. The wire format both sides share (chunked coding, Content-Length,
+//! tokens, hop-by-hop names) is `http1/`.
 //!
 //! Everything runs inside the calling task: the request is written and the response head read by
 //! the `send` future itself, and the response body is read from the socket by
@@ -10,12 +18,12 @@
 //! a connection is only ever put back into the pool of the thread that opened it (its socket is
 //! registered with that thread's reactor) — a body finished or dropped on another thread just closes
 //! its connection.
-pub mod body;
+mod body;
 mod connect;
 mod decode;
 mod encode;
 pub mod lb;
-pub mod pool;
+mod pool;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Method, Response, Version};
