@@ -656,6 +656,56 @@ mod tests {
         }
     }
 
+    /// The reject names the rule the request broke (its `error_msg`).
+    #[test]
+    fn reject_reasons() {
+        for (c, why) in [
+            (
+                &b"GET / HTTP/1.1\nHost: x\r\n\r\n"[..],
+                "bare LF in request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\rX: y\r\n\r\n",
+                "bare CR in request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+                "obs-fold in request head",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+                "header line without a colon",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+                "duplicate Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                "Content-Length with Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding with Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\nx",
+                "invalid Content-Length",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "invalid chunked body",
+            ),
+        ] {
+            let b = check_split(c).unwrap_err();
+            assert_eq!(b.reject, Reject::bad(why), "{}", String::from_utf8_lossy(c));
+        }
+    }
+
     #[test]
     fn bad_chunk_after_delivered_head_cuts_in_body() {
         let mut s = scanner();
