@@ -1,24 +1,33 @@
 //! The request path of one worker: checks → normalize → route → plugins → upstream → response.
 pub mod body;
-pub mod normalize;
+mod forward;
+pub mod request;
+mod respond;
 pub mod table;
-pub mod vars;
+
+pub use request::{normalize, vars};
+pub use respond::error_response;
 
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
-use crate::observe::{Exchange, NodeRef};
-use crate::py::host::{self, Flow, PyBodyFilter, PyChain, PyObj, PyReq, ReqInfo, ShortResponse};
+use crate::observe::Exchange;
+use crate::plugins::limit::{
+    limit_key, quota_headers, quota_lines, rejected, ConsumerLimits, QUOTA_HEADERS,
+};
+use crate::py::host::{self, Flow, PyChain, PyObj, PyReq, ReqInfo};
 use crate::server::h1::ClientBody;
-use crate::upstream::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use arc_swap::ArcSwap;
-use body::ChunkFilter;
-use body::{DropHook, GwBody};
+use body::GwBody;
 use bytes::Bytes;
+use forward::{proxy_to_upstream, Forward};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+pub(crate) use request::ReqBody;
+use request::{host_of, read_body};
+use respond::{finish_resp, finish_short, with_close};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use table::{CompiledRoute, ConsumerLimits, HashOn, LimitKey, PassHost, RouteTable, Upstream};
+use table::RouteTable;
 use vars::ReqVars;
 
 /// Per-worker state shared by every connection of the worker's (single) I/O thread.
@@ -31,103 +40,16 @@ pub struct Shared {
     pub obs: Rc<crate::observe::Observer>,
 }
 
-/// A short JSON error made by the gateway.
-pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
-    let mut r = Response::new(GwBody::full(crate::http1::error_body(msg)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
-    r.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    r
-}
-
-fn short(resp: ShortResponse) -> Response<GwBody> {
-    let mut r = Response::new(GwBody::full(resp.body));
-    *r.status_mut() =
-        StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    host::apply_headers(r.headers_mut(), &resp.headers);
-    r
-}
-
-/// Remove hop-by-hop headers (`crate::upstream::is_hop_by_hop`), including any the `Connection` header
-/// names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // One pass over the names first: most requests carry none of them.
-    let mut hop: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| crate::upstream::is_hop_by_hop(k))
-        .cloned()
-        .collect();
-    if hop.is_empty() {
-        return;
-    }
-    if let Some(conn) = h.get(header::CONNECTION) {
-        hop.extend(
-            conn.as_bytes()
-                .split(|&b| b == b',')
-                .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok()),
-        );
-    }
-    for n in hop {
-        h.remove(n);
-    }
-}
-
-fn host_of(req: &Request<ClientBody>) -> String {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    // Strip the port (keep IPv6 brackets' content intact).
-    let hostpart = if raw.starts_with('[') {
-        raw.split(']').next().map(|s| &s[1..]).unwrap_or(raw)
-    } else {
-        raw.rsplit_once(':').map(|(h, _)| h).unwrap_or(raw)
-    };
-    hostpart.to_ascii_lowercase()
-}
-
-fn limit_key<'a>(k: &LimitKey, vars: &'a ReqVars<'a>) -> Option<std::borrow::Cow<'a, str>> {
-    use crate::router::VarSource;
-    match k {
-        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(
-            crate::observe::accesslog::ip_string(vars.remote),
-        )),
-        LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
-        LimitKey::Header(h) => vars
-            .headers
-            .get(h.as_str())
-            .map(|v| String::from_utf8_lossy(v.as_bytes())),
-        LimitKey::Var(name) => vars.var(name),
-    }
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
 /// Everything needed to build the upstream request, after plugins have had their say.
-struct Outgoing {
-    method: Method,
-    path: String,
-    query: Option<String>,
-    headers: HeaderMap,
-    consumer: Option<String>,
-    node_override: Option<(String, u16)>,
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) consumer: Option<String>,
+    pub(crate) node_override: Option<(String, u16)>,
     /// Set when a plugin asked for the whole body (`needs_body`): forwarded instead of the stream.
-    body: Option<Bytes>,
+    pub(crate) body: Option<Bytes>,
 }
 
 pub async fn handle(
@@ -438,39 +360,6 @@ fn capture_for_loggers(
     }
 }
 
-/// The request body: streamed to the upstream, or read whole because a plugin asked for it (the
-/// bytes then live in the plugin view, where plugins may replace them).
-enum ReqBody {
-    Stream(ClientBody),
-    Buffered,
-}
-
-/// Read a whole request body for plugins that need it: at most 1 MiB (413), 30 s idle (408).
-async fn read_body(incoming: ClientBody) -> Result<Bytes, Response<GwBody>> {
-    use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(incoming, MAX_BUFFERED_BODY);
-    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(with_close(error_response(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body timed out",
-        ))),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(with_close(error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body larger than 1 MiB",
-            )))
-        }
-        Ok(Err(_)) => Err(with_close(error_response(
-            StatusCode::BAD_REQUEST,
-            "malformed request body",
-        ))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-    }
-}
-
-const MAX_BUFFERED_BODY: usize = 1024 * 1024;
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Copy what the request phases changed back into the outgoing request.
 fn sync_outgoing(out: &mut Outgoing, chain: &PyChain, p: &PyReq, phase: u8) {
     apply_outcome(out, chain.outcome(p, phase));
@@ -488,319 +377,4 @@ fn apply_outcome(out: &mut Outgoing, o: host::ReqOutcome) {
     out.headers = o.headers;
 }
 
-fn rejected(code: u16, msg: Option<&str>) -> Response<GwBody> {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    match msg {
-        Some(m) => error_response(status, m),
-        None => {
-            let mut r = error_response(status, status.canonical_reason().unwrap_or("rejected"));
-            *r.status_mut() = status;
-            r
-        }
-    }
-}
-
-// Names made at compile time: `insert("x-…", v)` with a `&str` parses the name on every call.
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// The names `quota_headers` and `quota_lines` set.
-const QUOTA_HEADERS: &[&[u8]] = &[
-    b"x-ratelimit-limit",
-    b"x-ratelimit-remaining",
-    b"x-ratelimit-reset",
-];
-
-fn quota_headers(h: &mut HeaderMap, [limit, remaining, reset]: [u64; 3]) {
-    h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
-    h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
-    h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
-}
-
-/// The same as encoded header lines, appended to lines passed through from the upstream.
-fn quota_lines(lines: &mut Vec<u8>, quota: [u64; 3]) {
-    for (name, n) in QUOTA_HEADERS.iter().zip(quota) {
-        lines.extend_from_slice(name);
-        lines.extend_from_slice(b": ");
-        lines.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        lines.extend_from_slice(b"\r\n");
-    }
-}
-
-fn finish_short(chain: &Arc<PyChain>, preq: PyReq, r: ShortResponse) -> Response<GwBody> {
-    finish_with_chain(chain, preq, short(r))
-}
-
-fn finish_resp(
-    route: &CompiledRoute,
-    preq: Option<PyReq>,
-    resp: Response<GwBody>,
-) -> Response<GwBody> {
-    match (&route.chain, preq) {
-        (Some(chain), Some(p)) => finish_with_chain(chain, p, resp),
-        _ => resp,
-    }
-}
-
-/// Response phases: header_filter, body_filter (streamed), log (when the body is done).
-fn finish_with_chain(
-    chain: &Arc<PyChain>,
-    mut preq: PyReq,
-    resp: Response<GwBody>,
-) -> Response<GwBody> {
-    let (mut parts, body) = resp.into_parts();
-    let mut status = parts.status.as_u16();
-    if let Some(err) = chain.header_filter(&mut preq, &mut status, &mut parts.headers) {
-        return short(err);
-    }
-    parts.status = StatusCode::from_u16(status).unwrap_or(parts.status);
-    let preq = Arc::new(preq);
-    let mut body = body;
-    if chain.has(host::BODY_FILTER) {
-        let mut filter = PyBodyFilter {
-            chain: chain.clone(),
-            preq: preq.clone(),
-        };
-        body = match body {
-            inner @ GwBody::Upstream(_) => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                GwBody::Filtered(Box::new(body::Filtered {
-                    inner,
-                    filter: Box::new(filter),
-                    done: false,
-                }))
-            }
-            // A gateway-made body is one chunk: filter it now, as its last.
-            GwBody::Full(b) => match filter.filter(b.map(|b| *b).unwrap_or_default(), true) {
-                Ok(out) => {
-                    parts
-                        .headers
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
-                    GwBody::full(out)
-                }
-                Err(_) => return short(host::internal_error("plugin error")),
-            },
-            other => other,
-        };
-    }
-    if chain.has(host::LOG) {
-        let chain = chain.clone();
-        let preq = preq.clone();
-        body = GwBody::Hooked(Box::new((
-            body,
-            DropHook(Some(Box::new(move || chain.log(&preq)))),
-        )));
-    }
-    Response::from_parts(parts, body)
-}
-
-fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<Vec<u8>> {
-    use crate::router::VarSource;
-    let vars = ReqVars {
-        headers: &out.headers,
-        query: out.query.as_deref(),
-        path: &out.path,
-        host,
-        method: out.method.as_str(),
-        remote,
-        scheme: "http",
-        consumer: out.consumer.as_deref(),
-    };
-    match &u.hash_on {
-        HashOn::None => None,
-        HashOn::Var(v) => vars.var(v).map(|s| s.as_bytes().to_vec()),
-        HashOn::Header(h) => out.headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-        HashOn::Cookie(c) => vars::cookie(&out.headers, c).map(|s| s.as_bytes().to_vec()),
-        HashOn::Consumer => out.consumer.as_ref().map(|s| s.as_bytes().to_vec()),
-    }
-}
-
-/// Where the request came from, and how its response may be passed back.
-struct Forward<'a> {
-    remote: IpAddr,
-    host: &'a str,
-    orig_host: Option<&'a HeaderValue>,
-    /// See `UpstreamRequest::raw_headers`.
-    raw_headers: Option<&'static [&'static [u8]]>,
-}
-
-async fn proxy_to_upstream(
-    route: &CompiledRoute,
-    out: &mut Outgoing,
-    body: ReqBody,
-    to: Forward<'_>,
-    ex: &mut Exchange,
-) -> Response<GwBody> {
-    let Forward {
-        remote,
-        host,
-        orig_host,
-        raw_headers,
-    } = to;
-    let u = &route.upstream;
-    let plugin_host = out
-        .headers
-        .get(header::HOST)
-        .filter(|h| Some(*h) != orig_host)
-        .cloned();
-    strip_hop_by_hop(&mut out.headers);
-    // X-Forwarded-*: append the client to any chain it sent (trust decisions belong to real-ip).
-    let mut xff = Vec::with_capacity(64);
-    if let Some(prev) = out.headers.get(&X_FORWARDED_FOR) {
-        xff.extend_from_slice(prev.as_bytes());
-        xff.extend_from_slice(b", ");
-    }
-    crate::observe::accesslog::put_ip(&mut xff, remote);
-    let path_q = match &out.query {
-        Some(q) => format!("{}?{}", out.path, q),
-        None => std::mem::take(&mut out.path),
-    };
-    let tls = u.https.then_some(if u.tls_verify {
-        TlsMode::Verify
-    } else {
-        TlsMode::NoVerify
-    });
-    let bodyless = match (&body, &out.body) {
-        (ReqBody::Stream(b), _) => hyper::body::Body::is_end_stream(b),
-        (ReqBody::Buffered, b) => b.as_ref().is_none_or(|b| b.is_empty()),
-    };
-    // Another node may be tried only when nothing was sent (connect failed) and the request can be
-    // replayed: no streamed body, an idempotent method, a balancer-picked node.
-    let can_retry = bodyless
-        && is_idempotent(&out.method)
-        && out.node_override.is_none()
-        && u.retries > 0
-        && u.nodes.len() > 1;
-    let hkey = hash_key(u, out, host, remote);
-    let mut body = Some(body);
-    let mut tried: Vec<usize> = Vec::new();
-    loop {
-        let (target_host, port, authority, node_idx) = match &out.node_override {
-            Some((h, p)) => {
-                let bracketed = if h.contains(':') {
-                    format!("[{h}]:{p}")
-                } else {
-                    format!("{h}:{p}")
-                };
-                match HeaderValue::from_str(&bracketed) {
-                    Ok(a) => (h.as_str(), *p, a, None),
-                    Err(_) => {
-                        return error_response(
-                            StatusCode::BAD_GATEWAY,
-                            "invalid upstream node set by plugin",
-                        )
-                    }
-                }
-            }
-            None => match u.balancer.pick(hkey.as_deref(), &tried) {
-                Some(i) => {
-                    let n = &u.nodes[i];
-                    (n.addr_host.as_str(), n.port, n.authority.clone(), Some(i))
-                }
-                None => {
-                    return error_response(StatusCode::BAD_GATEWAY, "no upstream node available")
-                }
-            },
-        };
-        let host_value = match &u.pass_host {
-            // A Host header a plugin set (e.g. proxy-rewrite `host`) wins over `pass_host`.
-            _ if plugin_host.is_some() => plugin_host.as_ref(),
-            PassHost::Pass => orig_host,
-            PassHost::Node => None,
-            PassHost::Rewrite(h) => Some(h),
-        };
-        // Host and X-Forwarded-* go in as the head is written (replacing the request's own): four
-        // map inserts cost more than the rest of the encoding.
-        let extra: [(&HeaderName, &[u8]); 4] = [
-            (&header::HOST, host_value.unwrap_or(&authority).as_bytes()),
-            (&X_FORWARDED_FOR, &xff),
-            (&X_FORWARDED_PROTO, b"http"),
-            (
-                &X_FORWARDED_HOST,
-                orig_host.map_or(&b""[..], |h| h.as_bytes()),
-            ),
-        ];
-        let extra = &extra[..if orig_host.is_some() { 4 } else { 3 }];
-        let req_body = match (body.take(), &out.body) {
-            _ if bodyless => crate::upstream::ReqBody::Empty,
-            (Some(ReqBody::Stream(b)), _) => crate::upstream::ReqBody::Stream(b),
-            (_, Some(b)) => crate::upstream::ReqBody::Full(b.clone()),
-            _ => crate::upstream::ReqBody::Empty,
-        };
-        let target = Target {
-            host: target_host,
-            port,
-            tls,
-        };
-        let req = UpstreamRequest {
-            method: &out.method,
-            path_and_query: &path_q,
-            headers: &out.headers,
-            extra,
-            body: req_body,
-            batch: route.chain.is_some(),
-            raw_headers,
-        };
-        let tracked = node_idx.filter(|_| u.balancer.tracks_load());
-        let started = tracked.map(|i| {
-            u.balancer.on_start(i);
-            std::time::Instant::now()
-        });
-        // Which node and how long: only for requests that metrics, logs or traces record.
-        let observed = ex.observed || ex.span_target.is_some();
-        let sent_at = observed.then(std::time::Instant::now);
-        if ex.span_target.is_some() {
-            ex.upstream_start_ns = crate::plugins::otel::unix_ns();
-        }
-        let result =
-            crate::upstream::send(&target, req, route.connect_timeout, route.read_timeout).await;
-        if let (Some(i), Some(t)) = (tracked, started) {
-            u.balancer.on_finish(i, t.elapsed().as_nanos() as u64);
-        }
-        let node = observed.then(|| match node_idx {
-            Some(i) => NodeRef::Pool(route.upstream.clone(), i),
-            None => NodeRef::Custom(target_host.to_string(), port),
-        });
-        ex.upstream_us = sent_at.map(|t| t.elapsed().as_micros() as u64);
-        let err = match result {
-            Ok(resp) => {
-                ex.upstream_status = Some(resp.status().as_u16());
-                ex.node = node;
-                // The client leaves hop-by-hop headers out of responses.
-                let (parts, inc) = resp.into_parts();
-                return Response::from_parts(parts, GwBody::Upstream(inc));
-            }
-            Err(e) => e,
-        };
-        let nothing_sent = matches!(
-            err,
-            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
-        );
-        if nothing_sent {
-            ex.failed.extend(node);
-        } else {
-            ex.node = node;
-        }
-        if nothing_sent && can_retry {
-            if let Some(i) = node_idx {
-                tried.push(i);
-                if tried.len() <= u.retries {
-                    continue;
-                }
-            }
-        }
-        return match err {
-            UpstreamError::ConnectTimeout => {
-                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
-            }
-            UpstreamError::Timeout => {
-                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream timed out")
-            }
-            _ => error_response(StatusCode::BAD_GATEWAY, "upstream unavailable"),
-        };
-    }
-}

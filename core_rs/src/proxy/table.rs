@@ -1,7 +1,11 @@
 //! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
-use crate::config::{ConsumerLimitsConf, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
+use crate::plugins::limit::{
+    compile_consumer, compile_limits, ConsumerLimits, LimitCount, LimitReq,
+};
+use crate::plugins::prometheus::PrometheusConf;
 use crate::py::host::PyChain;
 use crate::router::{RouteSpec, Router};
 use crate::upstream::lb::{Balancer, LbKind};
@@ -22,35 +26,6 @@ pub struct RouteTable {
     pub unmatched_loggers: Option<Arc<crate::plugins::loggers::RouteLoggers>>,
     /// Native limiters configured on consumers and consumer groups, by username.
     pub consumer_limits: HashMap<String, ConsumerLimits>,
-}
-
-/// A consumer's limiters (its own conf over its group's). APISIX precedence: consumer > consumer group
-/// > route, so once the consumer is identified these replace the route's.
-pub struct ConsumerLimits {
-    /// `None`: the route's applies; `Some(None)`: overridden by nothing native (a Python
-    /// `policy: redis` conf or a disabled one).
-    pub limit_count: Option<Option<LimitCount>>,
-    pub limit_req: Option<Option<LimitReq>>,
-}
-
-impl ConsumerLimits {
-    /// The limiters that apply to a request of `consumer` on `route`.
-    pub fn effective<'a>(
-        table: &'a HashMap<String, ConsumerLimits>,
-        consumer: Option<&str>,
-        route: &'a CompiledRoute,
-    ) -> (Option<&'a LimitCount>, Option<&'a LimitReq>) {
-        let own = consumer.and_then(|c| table.get(c));
-        let count = match own.map(|c| &c.limit_count) {
-            Some(Some(l)) => l.as_ref(),
-            _ => route.limit_count.as_ref(),
-        };
-        let req = match own.map(|c| &c.limit_req) {
-            Some(Some(l)) => l.as_ref(),
-            _ => route.limit_req.as_ref(),
-        };
-        (count, req)
-    }
 }
 
 pub struct CompiledRoute {
@@ -86,12 +61,6 @@ pub struct RouteObs {
     pub matched_host: String,
     /// The `prometheus` plugin is on for this route.
     pub metrics: bool,
-}
-
-#[derive(Deserialize)]
-struct PrometheusConf {
-    #[serde(default)]
-    prefer_name: bool,
 }
 
 pub struct Upstream {
@@ -131,61 +100,6 @@ pub enum HashOn {
     Consumer,
 }
 
-/// Where a limiter's key comes from (APISIX `key_type: var` with `key`).
-#[derive(Clone)]
-pub enum LimitKey {
-    RemoteAddr,
-    ConsumerName,
-    Header(String),
-    Var(String),
-}
-
-pub struct LimitReq {
-    pub rate: f64,
-    pub burst: f64,
-    pub key: LimitKey,
-    pub rejected_code: u16,
-    pub rejected_msg: Option<String>,
-    pub nodelay: bool,
-    /// Counter identity: the conf's source, mixed with the route's seed when `per_route`.
-    pub seed: u64,
-    pub per_route: bool,
-}
-
-pub struct LimitCount {
-    pub count: u64,
-    pub window_ns: u64,
-    pub window_secs: u64,
-    pub key: LimitKey,
-    pub rejected_code: u16,
-    pub rejected_msg: Option<String>,
-    pub show_headers: bool,
-    /// Counter identity: the conf's source (or its `group`), mixed with the route's seed when
-    /// `per_route` (no `group`: APISIX counts per route and conf).
-    pub seed: u64,
-    pub per_route: bool,
-}
-
-impl LimitReq {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
-        if self.per_route {
-            self.seed ^ route.seed
-        } else {
-            self.seed
-        }
-    }
-}
-
-impl LimitCount {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
-        if self.per_route {
-            self.seed ^ route.seed
-        } else {
-            self.seed
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct CompileError(pub String);
 
@@ -199,58 +113,6 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
 
-fn parse_key(key: &str) -> LimitKey {
-    match key {
-        "remote_addr" => LimitKey::RemoteAddr,
-        "consumer_name" => LimitKey::ConsumerName,
-        k if k.starts_with("http_") => {
-            LimitKey::Header(k[5..].replace('_', "-").to_ascii_lowercase())
-        }
-        k => LimitKey::Var(k.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-struct LimitReqConf {
-    rate: f64,
-    burst: f64,
-    #[serde(default = "default_key")]
-    key: String,
-    #[serde(default = "default_rejected")]
-    rejected_code: u16,
-    #[serde(default)]
-    rejected_msg: Option<String>,
-    #[serde(default)]
-    nodelay: bool,
-}
-
-#[derive(Deserialize)]
-struct LimitCountConf {
-    count: u64,
-    time_window: u64,
-    #[serde(default = "default_key")]
-    key: String,
-    #[serde(default = "default_rejected")]
-    rejected_code: u16,
-    #[serde(default)]
-    rejected_msg: Option<String>,
-    #[serde(default = "default_true")]
-    show_limit_quota_header: bool,
-    /// Routes (and consumers) whose confs name the same group share one counter per key (APISIX).
-    #[serde(default)]
-    group: Option<String>,
-}
-
-fn default_key() -> String {
-    "remote_addr".into()
-}
-fn default_rejected() -> u16 {
-    503
-}
-fn default_true() -> bool {
-    true
-}
-
 fn plugin_conf<T: for<'de> Deserialize<'de>>(
     route: &RouteConf,
     name: &str,
@@ -259,7 +121,7 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(
 }
 
 /// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
-fn conf_in<T: for<'de> Deserialize<'de>>(
+pub(crate) fn conf_in<T: for<'de> Deserialize<'de>>(
     plugins: &Map<String, Value>,
     label: &str,
     name: &str,
@@ -270,79 +132,6 @@ fn conf_in<T: for<'de> Deserialize<'de>>(
             .map(Some)
             .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
     }
-}
-
-/// The `limit-req` and `limit-count` of one plugin map (a route's or a consumer's). `sources` name
-/// where each conf lives, (limit-req's, limit-count's): empty for a route (the route's seed tells
-/// routes apart), `consumer:<name>` or `group:<id>` for a consumer's.
-fn compile_limits(
-    plugins: &Map<String, Value>,
-    label: &str,
-    sources: (&str, &str),
-) -> Result<(Option<LimitReq>, Option<LimitCount>), CompileError> {
-    let seed = key_hash(&[b"source", sources.0.as_bytes()]);
-    let limit_req = conf_in::<LimitReqConf>(plugins, label, "limit-req")?.map(|c| LimitReq {
-        rate: c.rate,
-        burst: c.burst,
-        key: parse_key(&c.key),
-        rejected_code: c.rejected_code,
-        rejected_msg: c.rejected_msg,
-        nodelay: c.nodelay,
-        seed: seed ^ 0x6c72,
-        per_route: true,
-    });
-    let limit_count =
-        conf_in::<LimitCountConf>(plugins, label, "limit-count")?.map(|c| LimitCount {
-            count: c.count,
-            window_ns: c.time_window.saturating_mul(1_000_000_000),
-            window_secs: c.time_window,
-            key: parse_key(&c.key),
-            rejected_code: c.rejected_code,
-            rejected_msg: c.rejected_msg,
-            show_headers: c.show_limit_quota_header,
-            seed: match &c.group {
-                Some(g) => key_hash(&[b"group", g.as_bytes()]),
-                None => key_hash(&[b"source", sources.1.as_bytes()]),
-            } ^ 0x6c63,
-            per_route: c.group.is_none(),
-        });
-    if let Some(l) = &limit_req {
-        if l.rate <= 0.0 || l.burst < 0.0 {
-            return Err(CompileError(format!(
-                "{label}.plugins.limit-req.rate: must be > 0"
-            )));
-        }
-    }
-    if let Some(l) = &limit_count {
-        if l.count == 0 || l.window_ns == 0 {
-            return Err(CompileError(format!(
-                "{label}.plugins.limit-count.count: count and time_window must be > 0"
-            )));
-        }
-    }
-    Ok((limit_req, limit_count))
-}
-
-fn compile_consumer(name: &str, c: &ConsumerLimitsConf) -> Result<ConsumerLimits, CompileError> {
-    let label = format!("consumers[{name}]");
-    let source = |plugin: &str| {
-        let s = c
-            .sources
-            .get(plugin)
-            .and_then(Value::as_str)
-            .unwrap_or("consumer");
-        if s == "consumer" {
-            format!("consumer:{name}")
-        } else {
-            s.to_string()
-        }
-    };
-    let sources = (source("limit-req"), source("limit-count"));
-    let (limit_req, limit_count) = compile_limits(&c.plugins, &label, (&sources.0, &sources.1))?;
-    Ok(ConsumerLimits {
-        limit_req: c.plugins.contains_key("limit-req").then_some(limit_req),
-        limit_count: c.plugins.contains_key("limit-count").then_some(limit_count),
-    })
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
