@@ -5,6 +5,9 @@ from typing import Any, final
 
 __version__: str
 
+# The request phases in the order they run; a hook's phase number is its position here.
+PHASES: tuple[str, ...]
+
 class ConfigError(ValueError):
     """A config the data plane cannot compile."""
 

@@ -1,9 +1,11 @@
 //! `limit-req` and `limit-count`, native: their confs, compile, key and quota headers. Counters live in
 //! the shared-memory limiter table (`crate::limit`), exact across workers.
-use crate::config::ConsumerLimitsConf;
-use crate::limit::key_hash;
+use crate::config::{ConsumerLimitsConf, GlobalLimitsConf};
+use crate::limit::{key_hash, monotonic_ns, ShmTable};
+use crate::observe::metrics::Recorder;
 use crate::proxy::body::GwBody;
 use crate::proxy::error_response;
+use crate::proxy::phases::PluginChain;
 use crate::proxy::table::{conf_in, CompileError, CompiledRoute};
 use crate::proxy::vars::ReqVars;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -23,10 +25,10 @@ pub struct ConsumerLimits {
 
 impl ConsumerLimits {
     /// The limiters that apply to a request of `consumer` on `route`.
-    pub fn effective<'a>(
+    pub fn effective<'a, C: PluginChain>(
         table: &'a HashMap<String, ConsumerLimits>,
         consumer: Option<&str>,
-        route: &'a CompiledRoute,
+        route: &'a CompiledRoute<C>,
     ) -> (Option<&'a LimitCount>, Option<&'a LimitReq>) {
         let own = consumer.and_then(|c| table.get(c));
         let count = match own.map(|c| &c.limit_count) {
@@ -77,9 +79,9 @@ pub struct LimitCount {
 }
 
 impl LimitReq {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
+    pub fn seed(&self, route_seed: u64) -> u64 {
         if self.per_route {
-            self.seed ^ route.seed
+            self.seed ^ route_seed
         } else {
             self.seed
         }
@@ -87,9 +89,9 @@ impl LimitReq {
 }
 
 impl LimitCount {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
+    pub fn seed(&self, route_seed: u64) -> u64 {
         if self.per_route {
-            self.seed ^ route.seed
+            self.seed ^ route_seed
         } else {
             self.seed
         }
@@ -199,6 +201,30 @@ pub(crate) fn compile_limits(
     Ok((limit_req, limit_count))
 }
 
+/// A global rule's `limit-req` / `limit-count`: applied to every request, before the route's (or
+/// the consumer's), with one counter per key across all routes (APISIX keys a global rule's
+/// counter by the rule, not the route).
+pub struct GlobalLimits {
+    pub limit_req: Option<LimitReq>,
+    pub limit_count: Option<LimitCount>,
+}
+
+pub(crate) fn compile_global(g: &GlobalLimitsConf) -> Result<GlobalLimits, CompileError> {
+    let source = format!("global_rule:{}", g.id);
+    let label = format!("global_rules[{}]", g.id);
+    let (mut limit_req, mut limit_count) = compile_limits(&g.plugins, &label, (&source, &source))?;
+    if let Some(l) = &mut limit_req {
+        l.per_route = false;
+    }
+    if let Some(l) = &mut limit_count {
+        l.per_route = false;
+    }
+    Ok(GlobalLimits {
+        limit_req,
+        limit_count,
+    })
+}
+
 pub(crate) fn compile_consumer(
     name: &str,
     c: &ConsumerLimitsConf,
@@ -277,5 +303,84 @@ pub(crate) fn quota_lines(lines: &mut Vec<u8>, quota: [u64; 3]) {
         lines.extend_from_slice(b": ");
         lines.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         lines.extend_from_slice(b"\r\n");
+    }
+}
+
+/// limit-count's quota for the response: (limit, remaining, reset seconds).
+pub type Quota = [u64; 3];
+
+/// What a limiter decision needs of the request.
+pub(crate) struct Ctx<'a> {
+    pub shm: &'a ShmTable,
+    pub rec: &'a Recorder,
+    pub route_id: &'a str,
+    pub route_seed: u64,
+    pub vars: &'a ReqVars<'a>,
+}
+
+impl Ctx<'_> {
+    /// Count the request against `count`, then `req`: the quota to send and how long limit-req
+    /// wants the request delayed (ns; 0 with `nodelay`), or the rejection.
+    #[allow(clippy::result_large_err)] // the response is made once, on the way out
+    pub(crate) fn apply(
+        &self,
+        count: Option<&LimitCount>,
+        req: Option<&LimitReq>,
+    ) -> Result<(Option<Quota>, u64), Response<GwBody>> {
+        let mut quota = None;
+        let mut delay_ns = 0;
+        if let Some(lc) = count {
+            if let Some(k) = limit_key(&lc.key, self.vars) {
+                let d = self.shm.fixed_window(
+                    lc.seed(self.route_seed) ^ key_hash(&[k.as_bytes()]),
+                    lc.count,
+                    lc.window_ns,
+                    monotonic_ns(),
+                );
+                let reset = d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs);
+                if !d.allowed {
+                    self.rec.limit_rejected(self.route_id, "limit-count");
+                    let mut r = rejected(lc.rejected_code, lc.rejected_msg.as_deref());
+                    if lc.show_headers {
+                        quota_headers(r.headers_mut(), [lc.count, 0, reset]);
+                    }
+                    return Err(r);
+                }
+                if lc.show_headers {
+                    quota = Some([lc.count, d.remaining, reset]);
+                }
+            }
+        }
+        if let Some(lr) = req {
+            if let Some(k) = limit_key(&lr.key, self.vars) {
+                match self.shm.gcra(
+                    lr.seed(self.route_seed) ^ key_hash(&[k.as_bytes()]),
+                    lr.rate,
+                    lr.burst,
+                    monotonic_ns(),
+                ) {
+                    Err(()) => {
+                        self.rec.limit_rejected(self.route_id, "limit-req");
+                        return Err(rejected(lr.rejected_code, lr.rejected_msg.as_deref()));
+                    }
+                    Ok(delay) if !lr.nodelay => delay_ns = delay,
+                    Ok(_) => {}
+                }
+            }
+        }
+        Ok((quota, delay_ns))
+    }
+}
+
+/// Put limit-count's quota on the response: appended to the upstream's header lines when they are
+/// passed through (the upstream's own were left out), else into the header map.
+pub(crate) fn add_quota(resp: &mut Response<GwBody>, quota: Quota) {
+    let raw = match resp.body_mut() {
+        GwBody::Upstream(b) => b.raw_lines_mut(),
+        _ => None,
+    };
+    match raw {
+        Some(lines) => quota_lines(lines, quota),
+        None => quota_headers(resp.headers_mut(), quota),
     }
 }

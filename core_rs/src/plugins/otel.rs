@@ -3,10 +3,14 @@
 //! queue is drained about once a second by the worker's exporter thread (OTLP/HTTP), never per
 //! request; when it is full, spans are dropped and counted.
 use crate::observe::waitq::WaitQueue;
+use http::HeaderName;
 use serde::Deserialize;
 use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The W3C trace context header.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// APISIX's `opentelemetry` plugin config (the parts that act per request).
 #[derive(Debug, Clone, Deserialize)]

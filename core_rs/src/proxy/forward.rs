@@ -1,5 +1,7 @@
 //! Forwarding to the upstream: hop-by-hop headers, X-Forwarded-*, node choice and retries.
 use super::body::GwBody;
+use super::phases::PluginChain;
+use super::request::Routed;
 use super::respond::error_response;
 use super::table::{CompiledRoute, HashOn, PassHost, Upstream};
 use super::vars::{self, ReqVars};
@@ -12,6 +14,28 @@ use std::net::IpAddr;
 
 /// Remove hop-by-hop headers (`crate::upstream::is_hop_by_hop`), including any the `Connection` header
 /// names.
+/// Whether the upstream's header lines may go to the client as they are (`UpstreamRequest::raw_headers`),
+/// and which names the gateway adds to them (limit-count's quota, when `quota`).
+///
+/// Nothing on this route reads the response headers or changes them beyond setting limit-count's
+/// (no plugin sees the response; metrics, logs and traces take the status and sizes only), and
+/// our HTTP/1 server writes the head: the upstream's header lines go to the client as they are,
+/// and limit-count's replace any of the same names.
+pub(crate) fn raw_headers<C: PluginChain>(
+    route: &CompiledRoute<C>,
+    at: &Routed,
+    quota: bool,
+) -> Option<&'static [&'static [u8]]> {
+    (at.h1_client
+        && route.chain.as_ref().is_none_or(|c| !c.sees_response())
+        && at.gzip_ask.is_none())
+    .then_some(if quota {
+        crate::plugins::limit::QUOTA_HEADERS
+    } else {
+        &[]
+    })
+}
+
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // One pass over the names first: most requests carry none of them.
     let mut hop: Vec<HeaderName> = h
@@ -76,8 +100,8 @@ pub(crate) struct Forward<'a> {
     pub(crate) raw_headers: Option<&'static [&'static [u8]]>,
 }
 
-pub(crate) async fn proxy_to_upstream(
-    route: &CompiledRoute,
+pub(crate) async fn proxy_to_upstream<C: PluginChain>(
+    route: &CompiledRoute<C>,
     out: &mut Outgoing,
     body: ReqBody,
     to: Forward<'_>,

@@ -2,11 +2,13 @@
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
 use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
+use crate::observe::{NodePool, RouteObs};
 use crate::plugins::limit::{
-    compile_consumer, compile_limits, ConsumerLimits, LimitCount, LimitReq,
+    compile_consumer, compile_global, compile_limits, ConsumerLimits, GlobalLimits, LimitCount,
+    LimitReq,
 };
 use crate::plugins::prometheus::PrometheusConf;
-use crate::py::host::PyChain;
+use crate::proxy::phases::PluginChain;
 use crate::router::{RouteSpec, Router};
 use crate::upstream::lb::{Balancer, LbKind};
 use http::HeaderValue;
@@ -16,26 +18,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct RouteTable {
+pub struct RouteTable<C: PluginChain> {
     pub version: u64,
     pub router: Router,
-    pub routes: Vec<CompiledRoute>,
+    pub routes: Vec<CompiledRoute<C>>,
     /// Count requests that match no route (a global rule enables `prometheus`).
     pub metrics_unmatched: bool,
     /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
     pub unmatched_loggers: Option<Arc<crate::plugins::loggers::RouteLoggers>>,
     /// Native limiters configured on consumers and consumer groups, by username.
     pub consumer_limits: HashMap<String, ConsumerLimits>,
+    /// Global rules' `limit-count` / `limit-req`, applied to every routed request.
+    pub global_limits: Vec<GlobalLimits>,
 }
 
-pub struct CompiledRoute {
+pub struct CompiledRoute<C: PluginChain> {
     pub id: Arc<str>,
     pub upstream: Arc<Upstream>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub limit_req: Option<LimitReq>,
     pub limit_count: Option<LimitCount>,
-    pub chain: Option<Arc<PyChain>>,
+    pub chain: Option<Arc<C>>,
     /// Mixed into the seed of limiters whose counters are per route.
     pub seed: u64,
     /// Labels for metrics and the access log.
@@ -50,19 +54,6 @@ pub struct CompiledRoute {
     pub gzip: Option<crate::plugins::gzip::GzipConf>,
 }
 
-/// What metrics and logs say about a route (APISIX's prometheus labels).
-pub struct RouteObs {
-    pub id: Arc<str>,
-    /// `route` label: the id, or the name with `prometheus.prefer_name`.
-    pub label: Arc<str>,
-    pub name: String,
-    pub service: String,
-    pub matched_uri: String,
-    pub matched_host: String,
-    /// The `prometheus` plugin is on for this route.
-    pub metrics: bool,
-}
-
 pub struct Upstream {
     /// `name` label of upstream metrics: the upstream id, or the route id for an inline one.
     pub name: Arc<str>,
@@ -73,6 +64,18 @@ pub struct Upstream {
     pub pass_host: PassHost,
     pub retries: usize,
     pub hash_on: HashOn,
+}
+
+impl NodePool for Upstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn addr(&self, i: usize) -> (&str, u16) {
+        (self.nodes[i].addr_host.as_str(), self.nodes[i].port)
+    }
+    fn health(&self, i: usize) -> &std::sync::atomic::AtomicU8 {
+        &self.nodes[i].health
+    }
 }
 
 pub struct Node {
@@ -214,10 +217,10 @@ fn kind_is_chash(t: &str) -> bool {
     t == "chash"
 }
 
-fn compile_route(
+fn compile_route<C: PluginChain>(
     r: &RouteConf,
-    chain: Option<Arc<PyChain>>,
-) -> Result<CompiledRoute, CompileError> {
+    chain: Option<Arc<C>>,
+) -> Result<CompiledRoute<C>, CompileError> {
     let u = r
         .upstream
         .as_ref()
@@ -268,8 +271,8 @@ fn compile_route(
     })
 }
 
-impl RouteTable {
-    pub fn empty() -> RouteTable {
+impl<C: PluginChain> RouteTable<C> {
+    pub fn empty() -> RouteTable<C> {
         RouteTable {
             version: 0,
             router: Router::build(&[]).expect("empty router"),
@@ -277,14 +280,15 @@ impl RouteTable {
             metrics_unmatched: false,
             unmatched_loggers: None,
             consumer_limits: HashMap::new(),
+            global_limits: Vec::new(),
         }
     }
 
     /// `chain_for(route_id)` gives the route's Python plugin chain (global rules' plugins first), if any.
     pub fn compile(
         snap: &Snapshot,
-        mut chain_for: impl FnMut(&str) -> Option<Arc<PyChain>>,
-    ) -> Result<RouteTable, CompileError> {
+        mut chain_for: impl FnMut(&str) -> Option<Arc<C>>,
+    ) -> Result<RouteTable<C>, CompileError> {
         let specs: Vec<RouteSpec> = snap
             .routes
             .iter()
@@ -313,8 +317,14 @@ impl RouteTable {
         for (name, c) in &snap.consumer_limits {
             consumer_limits.insert(name.clone(), compile_consumer(name, c)?);
         }
+        let global_limits = snap
+            .global_limits
+            .iter()
+            .map(compile_global)
+            .collect::<Result<_, _>>()?;
         Ok(RouteTable {
             consumer_limits,
+            global_limits,
             version: snap.version,
             router,
             routes,
@@ -332,7 +342,9 @@ impl RouteTable {
 mod tests {
     use super::*;
 
-    fn table(consumer_limits: Value) -> Result<RouteTable, CompileError> {
+    fn table(
+        consumer_limits: Value,
+    ) -> Result<RouteTable<crate::proxy::tests::FakeChain>, CompileError> {
         let snap: Snapshot = serde_json::from_value(serde_json::json!({
             "routes": [
                 {"id": "a", "uris": ["/a"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": 1}]}},
@@ -389,7 +401,7 @@ mod tests {
         let pick = |who: Option<&str>, r| {
             ConsumerLimits::effective(&t.consumer_limits, who, r)
                 .0
-                .map(|l| (l.count, l.seed(r)))
+                .map(|l| (l.count, l.seed(r.seed)))
         };
         assert_eq!(pick(None, b).unwrap().0, 9); // no consumer: the route's
         assert_eq!(pick(Some("mike"), b).unwrap().0, 9); // no conf of its own: the route's

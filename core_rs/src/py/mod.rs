@@ -14,12 +14,13 @@ use crate::observe::metrics::Recorder;
 use crate::observe::Observer;
 use crate::plugins::loggers::HttpLogQueue;
 use crate::plugins::otel::{hex, SpanQueue};
+use crate::proxy::phases::Phase;
 use crate::proxy::table::RouteTable;
 use crate::proxy::vars::ReqVars;
-use crate::proxy::Shared;
+use crate::proxy::WorkerState;
 use crate::server::{self, Limits};
 use arc_swap::ArcSwap;
-use host::{PyChain, PyObj};
+use host::{PyChain, PyObj, SubmitSlot};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -39,17 +40,19 @@ fn parse_snapshot(snapshot: &[u8]) -> PyResult<Snapshot> {
     serde_json::from_slice(snapshot).map_err(|e| ConfigError::new_err(format!("snapshot: {e}")))
 }
 
+/// `chains` (route id → Python chain) come with the worker's async `submit` slot.
 fn compile(
     py: Python<'_>,
     snapshot: &[u8],
-    chains: Option<&Bound<'_, PyDict>>,
-) -> PyResult<RouteTable> {
+    chains: Option<(&Bound<'_, PyDict>, &SubmitSlot)>,
+) -> PyResult<RouteTable<PyChain>> {
     let snap = parse_snapshot(snapshot)?;
     let mut compiled: std::collections::HashMap<String, Arc<PyChain>> =
         std::collections::HashMap::new();
-    if let Some(chains) = chains {
+    if let Some((chains, submit)) = chains {
         for (k, v) in chains.iter() {
-            compiled.insert(k.extract()?, Arc::new(PyChain::new(py, v.unbind())?));
+            let chain = PyChain::new(py, v.unbind(), submit.clone())?;
+            compiled.insert(k.extract()?, Arc::new(chain));
         }
     }
     // Compiling 10k routes takes milliseconds: let the other threads run meanwhile.
@@ -60,11 +63,11 @@ fn compile(
 /// One worker's data plane: a listener, a route table, and the loop that serves it.
 #[pyclass(module = "pygateway._core", name = "Worker", frozen)]
 pub struct Worker {
-    table: Arc<ArcSwap<RouteTable>>,
+    table: Arc<ArcSwap<RouteTable<PyChain>>>,
     shm: Arc<ShmTable>,
     limits: Limits,
     listener: Mutex<Option<std::net::TcpListener>>,
-    submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
+    submit: SubmitSlot,
     /// `drain() -> [(plugin, calls, ns)]`: Python plugin timings sampled by the chains.
     plugin_times: Mutex<Option<PyObj<PyAny>>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -119,7 +122,7 @@ impl Worker {
                 ..Limits::default()
             },
             listener: Mutex::new(None),
-            submit: Mutex::new(None),
+            submit: SubmitSlot::default(),
             plugin_times: Mutex::new(None),
             stop_tx,
             observer: Mutex::new(Some(observer)),
@@ -229,7 +232,7 @@ impl Worker {
     /// Compile and publish a config snapshot; requests in flight finish on the table they started with.
     /// `chains` maps route id → `pygateway.worker.host.Chain`.
     fn apply(&self, py: Python<'_>, snapshot: &[u8], chains: &Bound<'_, PyDict>) -> PyResult<u64> {
-        let table = compile(py, snapshot, Some(chains))?;
+        let table = compile(py, snapshot, Some((chains, &self.submit)))?;
         let version = table.version;
         let old = self.table.swap(Arc::new(table));
         // The old table may hold Python chains: let it go while attached, off the I/O thread.
@@ -250,7 +253,7 @@ impl Worker {
 
     /// `submit(coro, waker)`: schedules an async plugin phase on the worker's asyncio loop.
     fn set_async_submit(&self, submit: Py<PyAny>) {
-        *self.submit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(PyObj::new(submit)));
+        self.submit.store(Some(Arc::new(PyObj::new(submit))));
     }
 
     /// Serve until SIGTERM (drain, then return), SIGINT/SIGQUIT (return at once) or `stop()`.
@@ -261,14 +264,7 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("call bind() before run()"))?;
-        let shared = (
-            self.table.clone(),
-            self.shm.clone(),
-            self.submit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        );
+        let shared = (self.table.clone(), self.shm.clone());
         let limits = self.limits.clone();
         let stop_rx = self.stop_tx.subscribe();
         let mut obs = self
@@ -303,10 +299,9 @@ impl Worker {
                 .map_err(|e| PyRuntimeError::new_err(format!("tokio runtime: {e}")))?;
             let local = tokio::task::LocalSet::new();
             let res = local.block_on(&rt, async move {
-                let shared = Rc::new(Shared {
+                let shared = Rc::new(WorkerState {
                     table: shared.0,
                     shm: shared.1,
-                    submit: shared.2,
                     max_uri_len: 8192,
                     obs: Rc::new(obs),
                 });
@@ -409,7 +404,7 @@ fn check_snapshot(py: Python<'_>, snapshot: &[u8]) -> PyResult<usize> {
 /// Route lookups without a server: for tests and micro benchmarks.
 #[pyclass(module = "pygateway._core", name = "RouteMatcher", frozen)]
 pub struct RouteMatcher {
-    table: RouteTable,
+    table: RouteTable<PyChain>,
 }
 
 #[pymethods]
@@ -542,7 +537,16 @@ impl Limiter {
     }
 }
 
+/// The extension module `pygateway._core`.
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    register(m)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The phase list, in order: Python numbers its hooks by position (`Phase as u8`).
+    let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+    m.add("PHASES", pyo3::types::PyTuple::new(m.py(), phases)?)?;
     m.add_class::<Worker>()?;
     m.add_class::<RouteMatcher>()?;
     m.add_class::<Limiter>()?;

@@ -7,7 +7,7 @@ mod idle;
 
 use crate::observe::accesslog::Capture;
 use crate::observe::metrics::shm::{G_INFLIGHT, G_REQUESTS};
-use crate::proxy::{self, body::GwBody, Shared};
+use crate::proxy::{self, body::GwBody, phases::PluginChain, WorkerState};
 use crate::sys::rawtcp::RawTcp;
 use h1::ClientBody;
 use hyper::server::conn::http2;
@@ -102,9 +102,9 @@ fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
 }
 
 /// Accept and serve until `shutdown` resolves, then drain in-flight requests (capped).
-pub async fn serve(
+pub async fn serve<C: PluginChain>(
     listener: std::net::TcpListener,
-    shared: Rc<Shared>,
+    shared: Rc<WorkerState<C>>,
     limits: Limits,
     shutdown: impl Future<Output = bool>,
 ) -> std::io::Result<()> {
@@ -177,7 +177,7 @@ pub async fn serve(
                         if close {
                             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                         }
-                        crate::observe::meter(&obs, resp, ex, capture)
+                        crate::proxy::meter(&obs, resp, ex, capture)
                     }
                 });
                 let io = edge::EdgeIo::new(RawTcp(stream), head_limits, conn_act.clone());
