@@ -1,7 +1,9 @@
 //! What a finished request leaves behind: its metrics sample and its access log line, both made in
 //! Rust when the response body is done (or dropped), never by Python.
 pub mod accesslog;
+pub mod loggers;
 pub mod metrics;
+pub mod trace;
 pub mod waitq;
 use crate::observe::accesslog::{AccessLog, Capture, Done};
 use crate::observe::metrics::shm::{
@@ -9,14 +11,14 @@ use crate::observe::metrics::shm::{
     G_HTTP_LOG_FAILED, G_LOG_DROPPED, G_SPANS_DROPPED,
 };
 use crate::observe::metrics::{HttpSample, Recorder};
-use crate::plugins::loggers::{LogCapture, LoggerSinks, RouteLoggers};
-use crate::plugins::otel::{self as trace, OtelConf, Span, SpanQueue, TraceCtx};
+use loggers::{LogCapture, LoggerSinks, RouteLoggers};
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use trace::{Span, SpanQueue, TraceCtx};
 
 /// A worker's observability sinks.
 pub struct Observer {
@@ -199,13 +201,14 @@ impl Exchange {
         }
     }
 
-    /// The request matched a route: what its `prometheus`, loggers and `opentelemetry` will record.
+    /// The request matched a route: what its `prometheus`, loggers and `opentelemetry` (the trace
+    /// context it started) will record.
     /// `client` is the client's address and whether `real-ip` found it.
     pub fn matched<B>(
         &mut self,
         obs: &Arc<RouteObs>,
         loggers: Option<&Arc<RouteLoggers>>,
-        otel: Option<&OtelConf>,
+        trace: Option<TraceCtx>,
         access_log: bool,
         req: &http::Request<B>,
         (client, real_ip): (SocketAddr, bool),
@@ -219,12 +222,7 @@ impl Exchange {
         if let Some(l) = loggers {
             self.capture_for_loggers(l, req, client);
         }
-        if let Some(conf) = otel {
-            let tp = req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok());
-            let t = TraceCtx::start(conf, tp);
+        if let Some(t) = trace {
             self.trace_id = Some(trace::hex(&t.trace));
             if t.sampled {
                 self.span_target = Some((req.method().clone(), req.uri().to_string()));

@@ -226,7 +226,7 @@ pub(crate) async fn proxy_to_upstream<C: PluginChain>(
         let observed = ex.observed || ex.span_target.is_some();
         let sent_at = observed.then(std::time::Instant::now);
         if ex.span_target.is_some() {
-            ex.upstream_start_ns = crate::plugins::otel::unix_ns();
+            ex.upstream_start_ns = crate::observe::trace::unix_ns();
         }
         let result =
             crate::upstream::send(&target, req, route.connect_timeout, route.read_timeout).await;

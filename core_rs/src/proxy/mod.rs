@@ -119,7 +119,7 @@ pub async fn handle<C: PluginChain>(
     if let Some(t) = &ex.trace {
         if let Ok(v) = HeaderValue::from_str(&t.upstream_header()) {
             out.headers
-                .insert(crate::plugins::otel::TRACEPARENT.clone(), v);
+                .insert(crate::observe::trace::TRACEPARENT.clone(), v);
         }
     }
     let to = Forward {

@@ -106,7 +106,10 @@ pub(crate) fn route<C: PluginChain>(
     ex.matched(
         &route.obs,
         route.loggers.as_ref(),
-        route.otel.as_ref(),
+        route.otel.as_ref().map(|conf| {
+            let tp = req.headers().get("traceparent");
+            crate::observe::trace::TraceCtx::start(conf, tp.and_then(|v| v.to_str().ok()))
+        }),
         state.obs.log.is_some(),
         req,
         (SocketAddr::new(remote, client_port), real.is_some()),
