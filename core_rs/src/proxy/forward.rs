@@ -5,7 +5,7 @@ use super::request::Routed;
 use super::respond::error_response;
 use super::table::{CompiledRoute, HashOn, PassHost, Upstream};
 use super::vars::{self, ReqVars};
-use super::{Outgoing, ReqBody};
+use super::{InboundBody, Outgoing};
 use crate::observe::{Exchange, NodeRef};
 use crate::upstream::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -72,19 +72,21 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<Vec<u8>> {
     use crate::router::VarSource;
-    let vars = ReqVars {
-        headers: &out.headers,
-        query: out.query.as_deref(),
-        path: &out.path,
-        host,
-        method: out.method.as_str(),
-        remote,
-        scheme: "http",
-        consumer: out.consumer.as_deref(),
-    };
     match &u.hash_on {
         HashOn::None => None,
-        HashOn::Var(v) => vars.var(v).map(|s| s.as_bytes().to_vec()),
+        HashOn::Var(v) => {
+            let vars = ReqVars {
+                headers: &out.headers,
+                query: out.query.as_deref(),
+                path: &out.path,
+                host,
+                method: out.method.as_str(),
+                remote,
+                scheme: "http",
+                consumer: out.consumer.as_deref(),
+            };
+            vars.var(v).map(|s| s.as_bytes().to_vec())
+        }
         HashOn::Header(h) => out.headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
         HashOn::Cookie(c) => vars::cookie(&out.headers, c).map(|s| s.as_bytes().to_vec()),
         HashOn::Consumer => out.consumer.as_ref().map(|s| s.as_bytes().to_vec()),
@@ -103,7 +105,7 @@ pub(crate) struct Forward<'a> {
 pub(crate) async fn proxy_to_upstream<C: PluginChain>(
     route: &CompiledRoute<C>,
     out: &mut Outgoing,
-    body: ReqBody,
+    body: InboundBody,
     to: Forward<'_>,
     ex: &mut Exchange,
 ) -> Response<GwBody> {
@@ -137,8 +139,8 @@ pub(crate) async fn proxy_to_upstream<C: PluginChain>(
         TlsMode::NoVerify
     });
     let bodyless = match (&body, &out.body) {
-        (ReqBody::Stream(b), _) => hyper::body::Body::is_end_stream(b),
-        (ReqBody::Buffered, b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        (InboundBody::Stream(b), _) => hyper::body::Body::is_end_stream(b),
+        (InboundBody::Buffered, b) => b.as_ref().is_none_or(|b| b.is_empty()),
     };
     // Another node may be tried only when nothing was sent (connect failed) and the request can be
     // replayed: no streamed body, an idempotent method, a balancer-picked node.
@@ -199,7 +201,7 @@ pub(crate) async fn proxy_to_upstream<C: PluginChain>(
         let extra = &extra[..if orig_host.is_some() { 4 } else { 3 }];
         let req_body = match (body.take(), &out.body) {
             _ if bodyless => crate::upstream::ReqBody::Empty,
-            (Some(ReqBody::Stream(b)), _) => crate::upstream::ReqBody::Stream(b),
+            (Some(InboundBody::Stream(b)), _) => crate::upstream::ReqBody::Stream(b),
             (_, Some(b)) => crate::upstream::ReqBody::Full(b.clone()),
             _ => crate::upstream::ReqBody::Empty,
         };

@@ -33,7 +33,7 @@ use forward::{proxy_to_upstream, Forward};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response};
 use phases::{Flow, Phase, PluginChain, ReqEdits, ReqInfo};
-pub(crate) use request::ReqBody;
+pub(crate) use request::InboundBody;
 use request::{read_body, Routed};
 use respond::{finish_resp, finish_short};
 use std::net::SocketAddr;
@@ -134,7 +134,7 @@ pub async fn handle<C: PluginChain>(
 
 impl Outgoing {
     /// The request as it came in, before any plugin: its body stays with the connection.
-    fn from_request(req: Request<ClientBody>, path: String) -> (Outgoing, ReqBody) {
+    fn from_request(req: Request<ClientBody>, path: String) -> (Outgoing, InboundBody) {
         let (parts, incoming) = req.into_parts();
         let out = Outgoing {
             method: parts.method,
@@ -145,7 +145,7 @@ impl Outgoing {
             node_override: None,
             body: None,
         };
-        (out, ReqBody::Stream(incoming))
+        (out, InboundBody::Stream(incoming))
     }
 
     /// Take what plugins left after a request phase.
@@ -190,11 +190,11 @@ async fn request_phases_async<C: PluginChain>(
     route: &CompiledRoute<C>,
     at: &Routed,
     out: &mut Outgoing,
-    body: &mut ReqBody,
+    body: &mut InboundBody,
 ) -> Result<C::Req, Response<GwBody>> {
     let mut buffered = None;
     if chain.needs_body() {
-        let ReqBody::Stream(incoming) = std::mem::replace(body, ReqBody::Buffered) else {
+        let InboundBody::Stream(incoming) = std::mem::replace(body, InboundBody::Buffered) else {
             unreachable!("streamed until here")
         };
         buffered = Some(read_body(incoming).await?);

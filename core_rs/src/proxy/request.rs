@@ -153,7 +153,7 @@ pub(crate) fn host_of(req: &Request<ClientBody>) -> String {
 
 /// The request body: streamed to the upstream, or read whole because a plugin asked for it (the
 /// bytes then live in the plugin view, where plugins may replace them).
-pub(crate) enum ReqBody {
+pub(crate) enum InboundBody {
     Stream(ClientBody),
     Buffered,
 }

@@ -243,10 +243,7 @@ fn compile_route<C: PluginChain>(
     let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
     let id: Arc<str> = Arc::from(r.id.as_str());
     let obs = RouteObs {
-        label: match (&prometheus, &r.name) {
-            (Some(p), Some(name)) if p.prefer_name => Arc::from(name.as_str()),
-            _ => id.clone(),
-        },
+        label: PrometheusConf::label(prometheus.as_ref(), &id, r.name.as_deref()),
         id: id.clone(),
         name: r.name.clone().unwrap_or_default(),
         service: r.service_id.clone().unwrap_or_default(),
