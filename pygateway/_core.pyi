@@ -7,6 +7,9 @@ __version__: str
 # Plugin phase names in the Rust core's numbering (`PHASES[n]` is phase n).
 PHASES: tuple[str, ...]
 
+# The request phases in the order they run; a hook's phase number is its position here.
+PHASES: tuple[str, ...]
+
 class ConfigError(ValueError):
     """A config the data plane cannot compile."""
 

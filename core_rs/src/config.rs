@@ -23,6 +23,17 @@ pub struct Snapshot {
     /// disabled conf, so the route's native limiter does not apply to it.
     #[serde(default)]
     pub consumer_limits: std::collections::HashMap<String, ConsumerLimitsConf>,
+    /// Global rules' native limiters (`limit-count`, `limit-req`), applied to every request.
+    #[serde(default)]
+    pub global_limits: Vec<GlobalLimitsConf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct GlobalLimitsConf {
+    /// The global rule's id: its counters are the rule's, shared by every route.
+    pub id: String,
+    #[serde(default)]
+    pub plugins: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1,4 +1,5 @@
-//! pygateway's data plane. Everything but `py/` is free of PyO3, so `cargo test` runs without Python.
+//! pygateway's data plane. Everything but `py/` is free of PyO3 (the extension module `_core` is
+//! declared there), so `cargo test` runs without Python.
 pub mod cidr;
 pub mod config;
 pub mod http1;
@@ -13,14 +14,7 @@ pub mod server;
 pub mod sys;
 pub mod upstream;
 
-use pyo3::prelude::*;
-
 // mimalloc for the Rust side: the request path allocates small, short-lived buffers and glibc's
 // malloc/free showed up at ~8% of a worker's CPU in profiles.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[pymodule(gil_used = false)]
-fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    py::register(m)
-}

@@ -20,8 +20,10 @@ Choices where APISIX is silent or where we are deliberately more lenient (docume
 - `timeout` fields default to connect 5s, send/read 15s when partially given (APISIX requires all three).
 - a route may set both `uri` and `uris` (and `host`/`hosts`, `remote_addr`/`remote_addrs`): merged.
 - a route whose merged result has no upstream is an error (APISIX allows plugin-only routes).
-- global rules contribute only Python plugins for now; native plugins in global rules are validated but
-  not applied (the snapshot has no global section yet).
+- global rules' native plugins act on every route: `prometheus`, `opentelemetry`, `real-ip`,
+  `file-logger`, `http-logger` and `gzip` are merged into each route's (a route's own conf wins), while
+  `limit-count` and `limit-req` run as the rule's own limiters (`global_limits`: before the route's,
+  with one counter per key across all routes, as APISIX keys a global rule's counter by the rule).
 - consumer plugin confs are validated with the plugin class's `ConsumerConfig` struct when it defines
   one (APISIX's `consumer_schema`), else with `parse_config`.
 - `_meta` keys other than `disable` (priority, filter, error_response) are accepted and ignored.
@@ -501,10 +503,20 @@ def compile_snapshot(cfg: Config, version: int) -> tuple[dict[str, Any], dict[st
         snapshot["routes"] = [{**r, "plugins": {**per_route, **r["plugins"]}} for r in routes]
         snapshot["metrics_unmatched"] = "prometheus" in per_route
         snapshot["unmatched_loggers"] = {k: v for k, v in per_route.items() if k.endswith("-logger")}
+    # Global `limit-count` / `limit-req`: the rule's own limiters, on every routed request.
+    global_limits = [
+        {"id": gid, "plugins": limits}
+        for gid, rule in cfg.global_rules.items()
+        if (limits := {n: msgspec.to_builtins(p.conf) for n, p in rule.plugins.items()
+                       if n in _GLOBAL_LIMITS and p.cls.native and not p.disabled})
+    ]  # fmt: skip
+    if global_limits:
+        snapshot["global_limits"] = global_limits
     return snapshot, python_plugins, global_plugins
 
 
 _GLOBAL_NATIVE = ("prometheus", "opentelemetry", "real-ip", "file-logger", "http-logger", "gzip")
+_GLOBAL_LIMITS = ("limit-count", "limit-req")
 
 
 # Per route id: (the objects it was compiled from, its snapshot, its Python plugins).

@@ -1,7 +1,9 @@
 //! What a finished request leaves behind: its metrics sample and its access log line, both made in
 //! Rust when the response body is done (or dropped), never by Python.
 pub mod accesslog;
+pub mod loggers;
 pub mod metrics;
+pub mod trace;
 pub mod waitq;
 use crate::observe::accesslog::{AccessLog, Capture, Done};
 use crate::observe::metrics::shm::{
@@ -9,16 +11,14 @@ use crate::observe::metrics::shm::{
     G_HTTP_LOG_FAILED, G_LOG_DROPPED, G_SPANS_DROPPED,
 };
 use crate::observe::metrics::{HttpSample, Recorder};
-use crate::plugins::loggers::{LogCapture, LoggerSinks};
-use crate::plugins::otel::{self as trace, Span, SpanQueue, TraceCtx};
-use crate::proxy::body::GwBody;
-use crate::proxy::table::{RouteObs, Upstream};
-use http::Response;
+use loggers::{LogCapture, LoggerSinks, RouteLoggers};
 use std::cell::Cell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+use trace::{Span, SpanQueue, TraceCtx};
 
 /// A worker's observability sinks.
 pub struct Observer {
@@ -104,9 +104,32 @@ impl Observer {
     }
 }
 
+/// What metrics and logs say about a route (APISIX's prometheus labels).
+pub struct RouteObs {
+    pub id: Arc<str>,
+    /// `route` label: the id, or the name with `prometheus.prefer_name`.
+    pub label: Arc<str>,
+    pub name: String,
+    pub service: String,
+    pub matched_uri: String,
+    pub matched_host: String,
+    /// The `prometheus` plugin is on for this route.
+    pub metrics: bool,
+}
+
+/// A route's upstream nodes as metrics and logs see them (the proxy's compiled upstream).
+pub trait NodePool: Send + Sync {
+    /// `name` label of upstream metrics.
+    fn name(&self) -> &str;
+    /// Node `i`'s host (an IPv6 literal without brackets) and port.
+    fn addr(&self, i: usize) -> (&str, u16);
+    /// Node `i`'s passive health last reported to metrics: 0 unknown, 1 reachable, 2 not.
+    fn health(&self, i: usize) -> &std::sync::atomic::AtomicU8;
+}
+
 /// The upstream node a request went to.
 pub enum NodeRef {
-    Pool(Arc<Upstream>, usize),
+    Pool(Arc<dyn NodePool>, usize),
     /// Chosen by a plugin.
     Custom(String, u16),
 }
@@ -114,7 +137,7 @@ pub enum NodeRef {
 impl NodeRef {
     fn addr(&self) -> (&str, u16) {
         match self {
-            NodeRef::Pool(u, i) => (u.nodes[*i].addr_host.as_str(), u.nodes[*i].port),
+            NodeRef::Pool(u, i) => u.addr(*i),
             NodeRef::Custom(h, p) => (h.as_str(), *p),
         }
     }
@@ -158,6 +181,78 @@ impl Exchange {
         self.mark_start();
     }
 
+    /// A request that matched no route: metrics with a global `prometheus`, a log line with the
+    /// access log or a global logger.
+    pub fn unmatched<B>(
+        &mut self,
+        metrics: bool,
+        loggers: Option<&Arc<RouteLoggers>>,
+        access_log: bool,
+        req: &http::Request<B>,
+        peer: SocketAddr,
+    ) {
+        self.metrics = metrics;
+        self.observed = metrics || loggers.is_some() || access_log;
+        if self.observed {
+            self.begin(req);
+        }
+        if let Some(l) = loggers {
+            self.capture_for_loggers(l, req, peer);
+        }
+    }
+
+    /// The request matched a route: what its `prometheus`, loggers and `opentelemetry` (the trace
+    /// context it started) will record.
+    /// `client` is the client's address and whether `real-ip` found it.
+    pub fn matched<B>(
+        &mut self,
+        obs: &Arc<RouteObs>,
+        loggers: Option<&Arc<RouteLoggers>>,
+        trace: Option<TraceCtx>,
+        access_log: bool,
+        req: &http::Request<B>,
+        (client, real_ip): (SocketAddr, bool),
+    ) {
+        self.client_ip = real_ip.then_some(client.ip());
+        self.metrics = obs.metrics;
+        self.observed = obs.metrics || access_log || loggers.is_some();
+        if self.observed {
+            self.begin(req);
+        }
+        if let Some(l) = loggers {
+            self.capture_for_loggers(l, req, client);
+        }
+        if let Some(t) = trace {
+            self.trace_id = Some(trace::hex(&t.trace));
+            if t.sampled {
+                self.span_target = Some((req.method().clone(), req.uri().to_string()));
+                self.mark_start();
+            }
+            self.trace = Some(t);
+        }
+        if self.observed || self.span_target.is_some() {
+            self.route = Some(obs.clone());
+        }
+    }
+
+    /// What `file-logger` / `http-logger` will log of this request, taken before it is consumed.
+    fn capture_for_loggers<B>(
+        &mut self,
+        l: &Arc<RouteLoggers>,
+        req: &http::Request<B>,
+        client: SocketAddr,
+    ) {
+        self.logs = Some(LogCapture::new(l, req, client));
+        if self.trace_id.is_none() {
+            self.trace_id = trace_id(req);
+        }
+    }
+
+    /// Metrics, a trace span or a logger will record this request when its response ends.
+    pub fn records(&self) -> bool {
+        self.metrics || self.span_target.is_some() || self.logs.is_some()
+    }
+
     /// Its latency counts from now, unless an earlier start was noted.
     pub fn mark_start(&mut self) {
         self.started.get_or_insert_with(Instant::now);
@@ -166,11 +261,7 @@ impl Exchange {
 
 /// The trace id of a valid W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id<B>(req: &http::Request<B>) -> Option<String> {
-    let v = req
-        .headers()
-        .get(&crate::proxy::TRACEPARENT)?
-        .to_str()
-        .ok()?;
+    let v = req.headers().get(&trace::TRACEPARENT)?.to_str().ok()?;
     trace::parse_traceparent(v).map(|(t, _, _)| trace::hex(&t))
 }
 
@@ -193,61 +284,45 @@ pub fn head_len<B>(req: &http::Request<B>) -> u64 {
     (line + headers + 2 + body) as u64
 }
 
-fn resp_head_len(r: &Response<GwBody>) -> u64 {
-    let headers: usize = r
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    // Header lines passed through as received (the map then holds only what the gateway adds).
-    let raw = r.body().raw_headers().map_or(0, |(lines, _)| lines.len());
-    // Status line plus the Date/Content-Length the server adds (approximately).
-    (17 + headers + raw + 60) as u64
+impl Meter {
+    /// Rides with a response of `status` whose head is `head` bytes: records `ex` when the body ends.
+    pub fn new(
+        obs: &Rc<Observer>,
+        ex: Exchange,
+        status: u16,
+        head: u64,
+        capture: Option<Box<Capture>>,
+    ) -> Meter {
+        record_health(obs, &ex);
+        let mut capture = capture;
+        if let (Some(c), Some(ip)) = (capture.as_mut(), ex.client_ip) {
+            c.peer.set_ip(ip);
+        }
+        Meter {
+            obs: obs.clone(),
+            ingress: ex.ingress,
+            started: ex.started.unwrap_or_else(Instant::now),
+            ex,
+            status,
+            head,
+            body_bytes: 0,
+            capture,
+        }
+    }
 }
 
-/// Wrap the response so its end records metrics and the access log line; untouched when neither
-/// is wanted for this request.
-pub fn meter(
-    obs: &Rc<Observer>,
-    resp: Response<GwBody>,
-    ex: Exchange,
-    capture: Option<Box<Capture>>,
-) -> Response<GwBody> {
-    record_health(obs, &ex);
-    if !ex.metrics && capture.is_none() && ex.span_target.is_none() && ex.logs.is_none() {
-        return resp;
-    }
-    let mut capture = capture;
-    if let (Some(c), Some(ip)) = (capture.as_mut(), ex.client_ip) {
-        c.peer.set_ip(ip);
-    }
-    let status = resp.status().as_u16();
-    let head = resp_head_len(&resp);
-    let (parts, body) = resp.into_parts();
-    let meter = Meter {
-        obs: obs.clone(),
-        ingress: ex.ingress,
-        started: ex.started.unwrap_or_else(Instant::now),
-        ex,
-        status,
-        head,
-        body_bytes: 0,
-        capture,
-    };
-    Response::from_parts(parts, GwBody::Metered(Box::new((body, meter))))
-}
-
-fn record_health(obs: &Observer, ex: &Exchange) {
+/// Report the nodes' passive health (written to metrics only when it changes).
+pub fn record_health(obs: &Observer, ex: &Exchange) {
     let report = |n: &NodeRef, ok: bool| {
         if let NodeRef::Pool(u, i) = n {
             let want = if ok { 1 } else { 2 };
             // Written on change only: the common path is one relaxed load (no locked swap).
-            let health = &u.nodes[*i].health;
+            let health = u.health(*i);
             if health.load(Ordering::Relaxed) != want
                 && health.swap(want, Ordering::Relaxed) != want
             {
-                obs.rec
-                    .upstream_health(&u.name, &u.nodes[*i].addr_host, u.nodes[*i].port, ok);
+                let (host, port) = u.addr(*i);
+                obs.rec.upstream_health(u.name(), host, port, ok);
             }
         }
     };

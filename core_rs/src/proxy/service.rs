@@ -3,10 +3,12 @@
 //! connection gauges, and the housekeeping task that flushes logs. The server (`server/`) knows
 //! none of this; it only calls the trait.
 use super::body::GwBody;
-use super::Shared;
+use super::meter;
+use super::phases::PluginChain;
+use super::WorkerState;
 use crate::observe::accesslog::Capture;
 use crate::observe::metrics::shm::{G_INFLIGHT, G_REQUESTS};
-use crate::observe::{meter, trace_id, Exchange, Observer};
+use crate::observe::{trace_id, Exchange, Observer};
 use crate::server::{ClientBody, ResponseBody, Service};
 use bytes::Bytes;
 use http::{Request, Response};
@@ -16,12 +18,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// The worker's request handler, as the server sees it.
-pub struct ProxyService(Rc<Shared>);
+/// The worker's request handler, as the server sees it; `C` is the routes' plugin chain.
+pub struct ProxyService<C: PluginChain>(Rc<WorkerState<C>>);
 
-impl ProxyService {
-    pub fn new(shared: Rc<Shared>) -> ProxyService {
-        ProxyService(shared)
+impl<C: PluginChain> ProxyService<C> {
+    pub fn new(state: Rc<WorkerState<C>>) -> ProxyService<C> {
+        ProxyService(state)
     }
 }
 
@@ -31,14 +33,14 @@ fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     Box::into_pin(Box::write(Box::<F>::new_uninit(), make()))
 }
 
-impl Service for ProxyService {
+impl<C: PluginChain> Service for ProxyService<C> {
     type Body = GwBody;
 
     fn call(
         &self,
         req: Request<ClientBody>,
         peer: SocketAddr,
-    ) -> impl Future<Output = Response<GwBody>> + use<> {
+    ) -> impl Future<Output = Response<GwBody>> + use<C> {
         let shared = self.0.clone();
         async move {
             let obs = shared.obs.clone();
@@ -71,7 +73,7 @@ impl Service for ProxyService {
         self.0.obs.conn_closed();
     }
 
-    fn housekeeping(&self) -> impl Future<Output = ()> + use<> {
+    fn housekeeping(&self) -> impl Future<Output = ()> + use<C> {
         // Always: routes with file-logger / http-logger may come with any config change.
         log_housekeeping(self.0.obs.clone())
     }

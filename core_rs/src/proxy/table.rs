@@ -1,8 +1,14 @@
 //! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
-use crate::config::{ConsumerLimitsConf, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
-use crate::py::host::PyChain;
+use crate::observe::{NodePool, RouteObs};
+use crate::plugins::limit::{
+    compile_consumer, compile_global, compile_limits, ConsumerLimits, GlobalLimits, LimitCount,
+    LimitReq,
+};
+use crate::plugins::prometheus::PrometheusConf;
+use crate::proxy::phases::PluginChain;
 use crate::router::{RouteSpec, Router};
 use crate::upstream::lb::{Balancer, LbKind};
 use http::HeaderValue;
@@ -12,55 +18,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub struct RouteTable {
+pub struct RouteTable<C: PluginChain> {
     pub version: u64,
     pub router: Router,
-    pub routes: Vec<CompiledRoute>,
+    pub routes: Vec<CompiledRoute<C>>,
     /// Count requests that match no route (a global rule enables `prometheus`).
     pub metrics_unmatched: bool,
     /// Global `file-logger` / `http-logger`: log requests that match no route (as APISIX does).
     pub unmatched_loggers: Option<Arc<crate::plugins::loggers::RouteLoggers>>,
     /// Native limiters configured on consumers and consumer groups, by username.
     pub consumer_limits: HashMap<String, ConsumerLimits>,
+    /// Global rules' `limit-count` / `limit-req`, applied to every routed request.
+    pub global_limits: Vec<GlobalLimits>,
 }
 
-/// A consumer's limiters (its own conf over its group's). APISIX precedence: consumer > consumer group
-/// > route, so once the consumer is identified these replace the route's.
-pub struct ConsumerLimits {
-    /// `None`: the route's applies; `Some(None)`: overridden by nothing native (a Python
-    /// `policy: redis` conf or a disabled one).
-    pub limit_count: Option<Option<LimitCount>>,
-    pub limit_req: Option<Option<LimitReq>>,
-}
-
-impl ConsumerLimits {
-    /// The limiters that apply to a request of `consumer` on `route`.
-    pub fn effective<'a>(
-        table: &'a HashMap<String, ConsumerLimits>,
-        consumer: Option<&str>,
-        route: &'a CompiledRoute,
-    ) -> (Option<&'a LimitCount>, Option<&'a LimitReq>) {
-        let own = consumer.and_then(|c| table.get(c));
-        let count = match own.map(|c| &c.limit_count) {
-            Some(Some(l)) => l.as_ref(),
-            _ => route.limit_count.as_ref(),
-        };
-        let req = match own.map(|c| &c.limit_req) {
-            Some(Some(l)) => l.as_ref(),
-            _ => route.limit_req.as_ref(),
-        };
-        (count, req)
-    }
-}
-
-pub struct CompiledRoute {
+pub struct CompiledRoute<C: PluginChain> {
     pub id: Arc<str>,
     pub upstream: Arc<Upstream>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     pub limit_req: Option<LimitReq>,
     pub limit_count: Option<LimitCount>,
-    pub chain: Option<Arc<PyChain>>,
+    pub chain: Option<Arc<C>>,
     /// Mixed into the seed of limiters whose counters are per route.
     pub seed: u64,
     /// Labels for metrics and the access log.
@@ -75,25 +54,6 @@ pub struct CompiledRoute {
     pub gzip: Option<crate::plugins::gzip::GzipConf>,
 }
 
-/// What metrics and logs say about a route (APISIX's prometheus labels).
-pub struct RouteObs {
-    pub id: Arc<str>,
-    /// `route` label: the id, or the name with `prometheus.prefer_name`.
-    pub label: Arc<str>,
-    pub name: String,
-    pub service: String,
-    pub matched_uri: String,
-    pub matched_host: String,
-    /// The `prometheus` plugin is on for this route.
-    pub metrics: bool,
-}
-
-#[derive(Deserialize)]
-struct PrometheusConf {
-    #[serde(default)]
-    prefer_name: bool,
-}
-
 pub struct Upstream {
     /// `name` label of upstream metrics: the upstream id, or the route id for an inline one.
     pub name: Arc<str>,
@@ -104,6 +64,18 @@ pub struct Upstream {
     pub pass_host: PassHost,
     pub retries: usize,
     pub hash_on: HashOn,
+}
+
+impl NodePool for Upstream {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn addr(&self, i: usize) -> (&str, u16) {
+        (self.nodes[i].addr_host.as_str(), self.nodes[i].port)
+    }
+    fn health(&self, i: usize) -> &std::sync::atomic::AtomicU8 {
+        &self.nodes[i].health
+    }
 }
 
 pub struct Node {
@@ -131,61 +103,6 @@ pub enum HashOn {
     Consumer,
 }
 
-/// Where a limiter's key comes from (APISIX `key_type: var` with `key`).
-#[derive(Clone)]
-pub enum LimitKey {
-    RemoteAddr,
-    ConsumerName,
-    Header(String),
-    Var(String),
-}
-
-pub struct LimitReq {
-    pub rate: f64,
-    pub burst: f64,
-    pub key: LimitKey,
-    pub rejected_code: u16,
-    pub rejected_msg: Option<String>,
-    pub nodelay: bool,
-    /// Counter identity: the conf's source, mixed with the route's seed when `per_route`.
-    pub seed: u64,
-    pub per_route: bool,
-}
-
-pub struct LimitCount {
-    pub count: u64,
-    pub window_ns: u64,
-    pub window_secs: u64,
-    pub key: LimitKey,
-    pub rejected_code: u16,
-    pub rejected_msg: Option<String>,
-    pub show_headers: bool,
-    /// Counter identity: the conf's source (or its `group`), mixed with the route's seed when
-    /// `per_route` (no `group`: APISIX counts per route and conf).
-    pub seed: u64,
-    pub per_route: bool,
-}
-
-impl LimitReq {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
-        if self.per_route {
-            self.seed ^ route.seed
-        } else {
-            self.seed
-        }
-    }
-}
-
-impl LimitCount {
-    pub fn seed(&self, route: &CompiledRoute) -> u64 {
-        if self.per_route {
-            self.seed ^ route.seed
-        } else {
-            self.seed
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct CompileError(pub String);
 
@@ -199,58 +116,6 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
 
-fn parse_key(key: &str) -> LimitKey {
-    match key {
-        "remote_addr" => LimitKey::RemoteAddr,
-        "consumer_name" => LimitKey::ConsumerName,
-        k if k.starts_with("http_") => {
-            LimitKey::Header(k[5..].replace('_', "-").to_ascii_lowercase())
-        }
-        k => LimitKey::Var(k.to_string()),
-    }
-}
-
-#[derive(Deserialize)]
-struct LimitReqConf {
-    rate: f64,
-    burst: f64,
-    #[serde(default = "default_key")]
-    key: String,
-    #[serde(default = "default_rejected")]
-    rejected_code: u16,
-    #[serde(default)]
-    rejected_msg: Option<String>,
-    #[serde(default)]
-    nodelay: bool,
-}
-
-#[derive(Deserialize)]
-struct LimitCountConf {
-    count: u64,
-    time_window: u64,
-    #[serde(default = "default_key")]
-    key: String,
-    #[serde(default = "default_rejected")]
-    rejected_code: u16,
-    #[serde(default)]
-    rejected_msg: Option<String>,
-    #[serde(default = "default_true")]
-    show_limit_quota_header: bool,
-    /// Routes (and consumers) whose confs name the same group share one counter per key (APISIX).
-    #[serde(default)]
-    group: Option<String>,
-}
-
-fn default_key() -> String {
-    "remote_addr".into()
-}
-fn default_rejected() -> u16 {
-    503
-}
-fn default_true() -> bool {
-    true
-}
-
 fn plugin_conf<T: for<'de> Deserialize<'de>>(
     route: &RouteConf,
     name: &str,
@@ -259,7 +124,7 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(
 }
 
 /// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
-fn conf_in<T: for<'de> Deserialize<'de>>(
+pub(crate) fn conf_in<T: for<'de> Deserialize<'de>>(
     plugins: &Map<String, Value>,
     label: &str,
     name: &str,
@@ -270,79 +135,6 @@ fn conf_in<T: for<'de> Deserialize<'de>>(
             .map(Some)
             .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
     }
-}
-
-/// The `limit-req` and `limit-count` of one plugin map (a route's or a consumer's). `sources` name
-/// where each conf lives, (limit-req's, limit-count's): empty for a route (the route's seed tells
-/// routes apart), `consumer:<name>` or `group:<id>` for a consumer's.
-fn compile_limits(
-    plugins: &Map<String, Value>,
-    label: &str,
-    sources: (&str, &str),
-) -> Result<(Option<LimitReq>, Option<LimitCount>), CompileError> {
-    let seed = key_hash(&[b"source", sources.0.as_bytes()]);
-    let limit_req = conf_in::<LimitReqConf>(plugins, label, "limit-req")?.map(|c| LimitReq {
-        rate: c.rate,
-        burst: c.burst,
-        key: parse_key(&c.key),
-        rejected_code: c.rejected_code,
-        rejected_msg: c.rejected_msg,
-        nodelay: c.nodelay,
-        seed: seed ^ 0x6c72,
-        per_route: true,
-    });
-    let limit_count =
-        conf_in::<LimitCountConf>(plugins, label, "limit-count")?.map(|c| LimitCount {
-            count: c.count,
-            window_ns: c.time_window.saturating_mul(1_000_000_000),
-            window_secs: c.time_window,
-            key: parse_key(&c.key),
-            rejected_code: c.rejected_code,
-            rejected_msg: c.rejected_msg,
-            show_headers: c.show_limit_quota_header,
-            seed: match &c.group {
-                Some(g) => key_hash(&[b"group", g.as_bytes()]),
-                None => key_hash(&[b"source", sources.1.as_bytes()]),
-            } ^ 0x6c63,
-            per_route: c.group.is_none(),
-        });
-    if let Some(l) = &limit_req {
-        if l.rate <= 0.0 || l.burst < 0.0 {
-            return Err(CompileError(format!(
-                "{label}.plugins.limit-req.rate: must be > 0"
-            )));
-        }
-    }
-    if let Some(l) = &limit_count {
-        if l.count == 0 || l.window_ns == 0 {
-            return Err(CompileError(format!(
-                "{label}.plugins.limit-count.count: count and time_window must be > 0"
-            )));
-        }
-    }
-    Ok((limit_req, limit_count))
-}
-
-fn compile_consumer(name: &str, c: &ConsumerLimitsConf) -> Result<ConsumerLimits, CompileError> {
-    let label = format!("consumers[{name}]");
-    let source = |plugin: &str| {
-        let s = c
-            .sources
-            .get(plugin)
-            .and_then(Value::as_str)
-            .unwrap_or("consumer");
-        if s == "consumer" {
-            format!("consumer:{name}")
-        } else {
-            s.to_string()
-        }
-    };
-    let sources = (source("limit-req"), source("limit-count"));
-    let (limit_req, limit_count) = compile_limits(&c.plugins, &label, (&sources.0, &sources.1))?;
-    Ok(ConsumerLimits {
-        limit_req: c.plugins.contains_key("limit-req").then_some(limit_req),
-        limit_count: c.plugins.contains_key("limit-count").then_some(limit_count),
-    })
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
@@ -425,10 +217,10 @@ fn kind_is_chash(t: &str) -> bool {
     t == "chash"
 }
 
-fn compile_route(
+fn compile_route<C: PluginChain>(
     r: &RouteConf,
-    chain: Option<Arc<PyChain>>,
-) -> Result<CompiledRoute, CompileError> {
+    chain: Option<Arc<C>>,
+) -> Result<CompiledRoute<C>, CompileError> {
     let u = r
         .upstream
         .as_ref()
@@ -451,10 +243,7 @@ fn compile_route(
     let prometheus = plugin_conf::<PrometheusConf>(r, "prometheus")?;
     let id: Arc<str> = Arc::from(r.id.as_str());
     let obs = RouteObs {
-        label: match (&prometheus, &r.name) {
-            (Some(p), Some(name)) if p.prefer_name => Arc::from(name.as_str()),
-            _ => id.clone(),
-        },
+        label: PrometheusConf::label(prometheus.as_ref(), &id, r.name.as_deref()),
         id: id.clone(),
         name: r.name.clone().unwrap_or_default(),
         service: r.service_id.clone().unwrap_or_default(),
@@ -479,8 +268,8 @@ fn compile_route(
     })
 }
 
-impl RouteTable {
-    pub fn empty() -> RouteTable {
+impl<C: PluginChain> RouteTable<C> {
+    pub fn empty() -> RouteTable<C> {
         RouteTable {
             version: 0,
             router: Router::build(&[]).expect("empty router"),
@@ -488,14 +277,15 @@ impl RouteTable {
             metrics_unmatched: false,
             unmatched_loggers: None,
             consumer_limits: HashMap::new(),
+            global_limits: Vec::new(),
         }
     }
 
     /// `chain_for(route_id)` gives the route's Python plugin chain (global rules' plugins first), if any.
     pub fn compile(
         snap: &Snapshot,
-        mut chain_for: impl FnMut(&str) -> Option<Arc<PyChain>>,
-    ) -> Result<RouteTable, CompileError> {
+        mut chain_for: impl FnMut(&str) -> Option<Arc<C>>,
+    ) -> Result<RouteTable<C>, CompileError> {
         let specs: Vec<RouteSpec> = snap
             .routes
             .iter()
@@ -524,8 +314,14 @@ impl RouteTable {
         for (name, c) in &snap.consumer_limits {
             consumer_limits.insert(name.clone(), compile_consumer(name, c)?);
         }
+        let global_limits = snap
+            .global_limits
+            .iter()
+            .map(compile_global)
+            .collect::<Result<_, _>>()?;
         Ok(RouteTable {
             consumer_limits,
+            global_limits,
             version: snap.version,
             router,
             routes,
@@ -543,7 +339,9 @@ impl RouteTable {
 mod tests {
     use super::*;
 
-    fn table(consumer_limits: Value) -> Result<RouteTable, CompileError> {
+    fn table(
+        consumer_limits: Value,
+    ) -> Result<RouteTable<crate::proxy::tests::FakeChain>, CompileError> {
         let snap: Snapshot = serde_json::from_value(serde_json::json!({
             "routes": [
                 {"id": "a", "uris": ["/a"], "upstream": {"nodes": [{"host": "127.0.0.1", "port": 1}]}},
@@ -600,7 +398,7 @@ mod tests {
         let pick = |who: Option<&str>, r| {
             ConsumerLimits::effective(&t.consumer_limits, who, r)
                 .0
-                .map(|l| (l.count, l.seed(r)))
+                .map(|l| (l.count, l.seed(r.seed)))
         };
         assert_eq!(pick(None, b).unwrap().0, 9); // no consumer: the route's
         assert_eq!(pick(Some("mike"), b).unwrap().0, 9); // no conf of its own: the route's

@@ -5,25 +5,23 @@
 //! Async phases are handed to the worker's asyncio loop thread and awaited through a oneshot channel;
 //! the I/O thread keeps serving other requests meanwhile.
 use crate::http1::BoxError;
-use crate::proxy::body::ChunkFilter;
+use crate::proxy::phases::{Flow, Phase, PhaseSet, PluginChain, ReqEdits, ReqInfo, ShortResponse};
 use crate::py::views::{
     lock_state, lock_status, response_parts, PyHeaders, PyRequest, PyResponseView, ReqState,
 };
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::HeaderMap;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use std::net::IpAddr;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-pub const REWRITE: u8 = 0;
-pub const ACCESS: u8 = 1;
-pub const BEFORE_PROXY: u8 = 2;
-pub const HEADER_FILTER: u8 = 3;
-pub const BODY_FILTER: u8 = 4;
-pub const LOG: u8 = 5;
+/// The worker's `submit(coro, waker)` (runs async hooks on its asyncio loop), set once the loop runs;
+/// every chain of the worker holds the same slot.
+pub type SubmitSlot = Arc<ArcSwapOption<PyObj<PyAny>>>;
 
 /// A Python object that may be dropped while detached from the interpreter (we build with
 /// `pyo3_disable_reference_pool`, so a bare `Py<T>` must only be dropped while attached).
@@ -48,21 +46,10 @@ impl<T> Drop for PyObj<T> {
 
 pub struct PyChain {
     obj: PyObj<PyAny>,
-    phases: u8,
-    async_phases: u8,
+    phases: PhaseSet,
+    async_phases: PhaseSet,
     needs_body: bool,
-}
-
-/// A gateway-made response (status, headers, body).
-pub struct ShortResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-pub enum Flow {
-    Continue,
-    Respond(ShortResponse),
+    submit: SubmitSlot,
 }
 
 /// A Python object owned by a `PyReq`: released together with its siblings, in one attach.
@@ -117,31 +104,8 @@ impl Drop for PyReq {
     }
 }
 
-/// What plugins changed, applied by the proxy after the request phases.
-pub struct ReqOutcome {
-    pub state: ReqState,
-    pub headers: HeaderMap,
-}
-
-pub struct ReqInfo {
-    pub body: Option<Bytes>,
-    pub method: Method,
-    pub path: String,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    pub client_ip: IpAddr,
-    pub client_port: u16,
-    pub host: String,
-    pub scheme: &'static str,
-    pub route_id: Arc<str>,
-}
-
-pub fn internal_error(what: &str) -> ShortResponse {
-    ShortResponse {
-        status: 500,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: crate::http1::error_body(what),
-    }
+fn internal_error(what: &str) -> ShortResponse {
+    ShortResponse::internal_error(what)
 }
 
 fn log_py_error(py: Python<'_>, err: PyErr, what: &str) {
@@ -150,31 +114,18 @@ fn log_py_error(py: Python<'_>, err: PyErr, what: &str) {
 }
 
 impl PyChain {
-    pub fn new(py: Python<'_>, obj: Py<PyAny>) -> PyResult<PyChain> {
+    pub fn new(py: Python<'_>, obj: Py<PyAny>, submit: SubmitSlot) -> PyResult<PyChain> {
         let b = obj.bind(py);
         let phases: u8 = b.getattr("phases")?.extract()?;
         let async_phases: u8 = b.getattr("async_phases")?.extract()?;
         let needs_body: bool = b.getattr("needs_body")?.extract()?;
         Ok(PyChain {
             obj: PyObj::new(obj),
-            phases,
-            async_phases,
+            phases: PhaseSet(phases),
+            async_phases: PhaseSet(async_phases),
             needs_body,
+            submit,
         })
-    }
-
-    /// A plugin of this chain reads `req.body`: the proxy reads the body whole before the phases.
-    pub fn needs_body(&self) -> bool {
-        self.needs_body
-    }
-
-    pub fn has(&self, phase: u8) -> bool {
-        self.phases & (1 << phase) != 0
-    }
-
-    /// Some plugin sees the response (its headers, body or log): a response view is built.
-    pub fn sees_response(&self) -> bool {
-        self.has(HEADER_FILTER) || self.has(BODY_FILTER) || self.has(LOG)
     }
 
     fn begin_in(py: Python<'_>, info: ReqInfo) -> PyReq {
@@ -202,25 +153,14 @@ impl PyChain {
         }
     }
 
-    pub fn begin(&self, info: ReqInfo) -> PyReq {
-        Python::attach(|py| Self::begin_in(py, info))
-    }
-
-    /// Whether every hook of `phases` is a plain function (no asyncio hand-off needed).
-    pub fn all_sync(&self, phases: &[u8]) -> bool {
-        phases.iter().all(|p| self.async_phases & (1 << p) == 0)
-    }
-
-    /// The common case in one attach: make the request view, run the (sync) `phases` that have
-    /// hooks, and read back the outcome after `phases`' last — or the response a plugin returned.
-    pub fn begin_and_run(
+    fn begin_and_run_in(
         &self,
         info: ReqInfo,
-        phases: &[u8],
-    ) -> (PyReq, Result<ReqOutcome, ShortResponse>) {
+        phases: &[Phase],
+    ) -> (PyReq, Result<ReqEdits, ShortResponse>) {
         let last = *phases.last().expect("at least one phase");
         // No phase after `phases` (nor a response phase) will read the request view or ctx.
-        let done = self.phases >> (last + 1) == 0;
+        let done = !self.phases.any_after(last);
         Python::attach(|py| {
             let mut preq = Self::begin_in(py, info);
             for &phase in phases {
@@ -241,11 +181,11 @@ impl PyChain {
         })
     }
 
-    fn run_in(&self, py: Python<'_>, preq: &PyReq, phase: u8) -> Flow {
+    fn run_in(&self, py: Python<'_>, preq: &PyReq, phase: Phase) -> Flow {
         let r = self.obj.get().bind(py).call_method1(
             intern!(py, "run"),
             (
-                phase,
+                phase as u8,
                 preq.req.get().clone_ref(py),
                 preq.ctx.get().clone_ref(py),
             ),
@@ -254,16 +194,20 @@ impl PyChain {
     }
 
     /// Run one request phase (`rewrite`, `access`, `before_proxy`).
-    pub async fn request_phase(&self, submit: &PyObj<PyAny>, preq: &PyReq, phase: u8) -> Flow {
-        if self.async_phases & (1 << phase) == 0 {
+    async fn request_phase_in(&self, preq: &PyReq, phase: Phase) -> Flow {
+        if !self.async_phases.contains(phase) {
             return Python::attach(|py| self.run_in(py, preq, phase));
         }
+        let Some(submit) = self.submit.load_full() else {
+            // Only before the worker's asyncio loop runs, i.e. never while it serves.
+            return Flow::Respond(internal_error("plugin error"));
+        };
         let (tx, rx) = oneshot::channel::<PyObj<PyAny>>();
         let submitted = Python::attach(|py| -> PyResult<()> {
             let coro = self.obj.get().bind(py).call_method1(
                 "run_async",
                 (
-                    phase,
+                    phase as u8,
                     preq.req.get().clone_ref(py),
                     preq.ctx.get().clone_ref(py),
                 ),
@@ -310,12 +254,8 @@ impl PyChain {
     /// Read back what plugins changed (headers, path, query, method, consumer, chosen node) after
     /// `phase`. When a later phase may still read the request, the view keeps a copy; otherwise
     /// the data is moved out (no copy on the common path).
-    pub fn outcome(&self, preq: &PyReq, phase: u8) -> ReqOutcome {
-        Python::attach(|py| self.outcome_in(py, preq, phase))
-    }
-
-    fn outcome_in(&self, py: Python<'_>, preq: &PyReq, phase: u8) -> ReqOutcome {
-        let keep = self.phases >> (phase + 1) != 0;
+    fn outcome_in(&self, py: Python<'_>, preq: &PyReq, phase: Phase) -> ReqEdits {
+        let keep = self.phases.any_after(phase);
         {
             let r = preq.req.get().get();
             let headers = if keep {
@@ -324,31 +264,32 @@ impl PyChain {
                 r.headers.bind(py).get().take()
             };
             let mut s = lock_state(r);
-            let state = if keep {
-                ReqState {
+            if keep {
+                ReqEdits {
                     method: s.method.clone(),
                     path: s.path.clone(),
                     query: s.query.clone(),
                     consumer: s.consumer.clone(),
                     upstream: s.upstream.clone(),
                     body: s.body.clone(),
+                    headers,
                 }
             } else {
-                ReqState {
+                ReqEdits {
                     method: s.method.clone(),
                     path: std::mem::take(&mut s.path),
                     query: s.query.take(),
                     consumer: s.consumer.take(),
                     upstream: s.upstream.take(),
                     body: s.body.take(),
+                    headers,
                 }
-            };
-            ReqOutcome { state, headers }
+            }
         }
     }
 
     /// `header_filter`: plugins may change status and headers. Returns a 500 response if they raise.
-    pub fn header_filter(
+    fn header_filter_in(
         &self,
         preq: &mut PyReq,
         status: &mut u16,
@@ -368,7 +309,7 @@ impl PyChain {
             )
             .expect("alloc ResponseView");
             let mut failed = None;
-            if self.has(HEADER_FILTER) {
+            if self.has(Phase::HeaderFilter) {
                 let r = self.obj.get().bind(py).call_method1(
                     "header_filter",
                     (
@@ -383,7 +324,7 @@ impl PyChain {
             }
             let v = view.get();
             *status = *lock_status(v);
-            *headers = if self.has(LOG) {
+            *headers = if self.has(Phase::Log) {
                 v.headers.get().snapshot()
             } else {
                 v.headers.get().take()
@@ -393,7 +334,7 @@ impl PyChain {
         })
     }
 
-    pub fn log(&self, preq: &PyReq) {
+    fn log_in(&self, preq: &PyReq) {
         Python::attach(|py| {
             let resp = match &preq.resp {
                 Some(r) => r.get().clone_ref(py).into_any(),
@@ -415,26 +356,21 @@ impl PyChain {
 }
 
 /// `body_filter` over a streamed body: one Python call per chunk.
-pub struct PyBodyFilter {
-    pub chain: Arc<PyChain>,
-    pub preq: Arc<PyReq>,
-}
-
-impl ChunkFilter for PyBodyFilter {
-    fn filter(&mut self, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError> {
+impl PyChain {
+    fn body_filter_in(&self, preq: &PyReq, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError> {
         Python::attach(|py| {
-            let resp = match &self.preq.resp {
+            let resp = match &preq.resp {
                 Some(r) => r.get().clone_ref(py).into_any(),
                 None => py.None(),
             };
-            let r = self.chain.obj.get().bind(py).call_method1(
+            let r = self.obj.get().bind(py).call_method1(
                 "body_filter",
                 (
-                    self.preq.req.get().clone_ref(py),
+                    preq.req.get().clone_ref(py),
                     resp,
                     PyBytes::new(py, &chunk),
                     eof,
-                    self.preq.ctx.get().clone_ref(py),
+                    preq.ctx.get().clone_ref(py),
                 ),
             );
             match r {
@@ -452,6 +388,63 @@ impl ChunkFilter for PyBodyFilter {
     }
 }
 
+impl PluginChain for PyChain {
+    type Req = PyReq;
+
+    fn phases(&self) -> PhaseSet {
+        self.phases
+    }
+
+    fn needs_body(&self) -> bool {
+        self.needs_body
+    }
+
+    fn all_sync(&self, phases: &[Phase]) -> bool {
+        PhaseSet(self.async_phases.0 & PhaseSet::of(phases).0) == PhaseSet::default()
+    }
+
+    fn begin(&self, info: ReqInfo) -> PyReq {
+        Python::attach(|py| Self::begin_in(py, info))
+    }
+
+    fn begin_and_run(
+        &self,
+        info: ReqInfo,
+        phases: &[Phase],
+    ) -> (PyReq, Result<ReqEdits, ShortResponse>) {
+        self.begin_and_run_in(info, phases)
+    }
+
+    fn request_phase<'a>(
+        &'a self,
+        req: &'a PyReq,
+        phase: Phase,
+    ) -> impl Future<Output = Flow> + 'a {
+        self.request_phase_in(req, phase)
+    }
+
+    fn edits(&self, req: &PyReq, phase: Phase) -> ReqEdits {
+        Python::attach(|py| self.outcome_in(py, req, phase))
+    }
+
+    fn header_filter(
+        &self,
+        req: &mut PyReq,
+        status: &mut u16,
+        headers: &mut HeaderMap,
+    ) -> Option<ShortResponse> {
+        self.header_filter_in(req, status, headers)
+    }
+
+    fn body_filter(&self, req: &PyReq, chunk: Bytes, eof: bool) -> Result<Bytes, BoxError> {
+        self.body_filter_in(req, chunk, eof)
+    }
+
+    fn log(&self, req: &PyReq) {
+        self.log_in(req)
+    }
+}
+
 /// Completes an async phase: the asyncio side calls it with the finished future.
 #[pyclass(module = "pygateway._core", name = "Waker", frozen)]
 pub struct Waker {
@@ -464,18 +457,6 @@ impl Waker {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
             // If the request went away meanwhile, the future is dropped here, still attached.
             let _ = tx.send(PyObj::new(fut));
-        }
-    }
-}
-
-/// Set response headers from a plugin's short-circuit response.
-pub fn apply_headers(headers: &mut HeaderMap, pairs: &[(String, String)]) {
-    for (k, v) in pairs {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            headers.append(k, v);
         }
     }
 }

@@ -10,17 +10,18 @@ pub mod views;
 use crate::config::Snapshot;
 use crate::limit::{key_hash, monotonic_ns, Acquire, ShmTable};
 use crate::observe::accesslog::{AccessLog, LogFormat, Sink};
+use crate::observe::loggers::HttpLogQueue;
 use crate::observe::metrics::shm::MetricsShm;
 use crate::observe::metrics::Recorder;
+use crate::observe::trace::{hex, SpanQueue};
 use crate::observe::Observer;
-use crate::plugins::loggers::HttpLogQueue;
-use crate::plugins::otel::{hex, SpanQueue};
+use crate::proxy::phases::Phase;
 use crate::proxy::table::RouteTable;
 use crate::proxy::vars::ReqVars;
-use crate::proxy::Shared;
+use crate::proxy::WorkerState;
 use crate::server::{self, Limits};
 use arc_swap::ArcSwap;
-use host::{PyChain, PyObj};
+use host::{PyChain, PyObj, SubmitSlot};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -40,17 +41,19 @@ fn parse_snapshot(snapshot: &[u8]) -> PyResult<Snapshot> {
     serde_json::from_slice(snapshot).map_err(|e| ConfigError::new_err(format!("snapshot: {e}")))
 }
 
+/// `chains` (route id → Python chain) come with the worker's async `submit` slot.
 fn compile(
     py: Python<'_>,
     snapshot: &[u8],
-    chains: Option<&Bound<'_, PyDict>>,
-) -> PyResult<RouteTable> {
+    chains: Option<(&Bound<'_, PyDict>, &SubmitSlot)>,
+) -> PyResult<RouteTable<PyChain>> {
     let snap = parse_snapshot(snapshot)?;
     let mut compiled: std::collections::HashMap<String, Arc<PyChain>> =
         std::collections::HashMap::new();
-    if let Some(chains) = chains {
+    if let Some((chains, submit)) = chains {
         for (k, v) in chains.iter() {
-            compiled.insert(k.extract()?, Arc::new(PyChain::new(py, v.unbind())?));
+            let chain = PyChain::new(py, v.unbind(), submit.clone())?;
+            compiled.insert(k.extract()?, Arc::new(chain));
         }
     }
     // Compiling 10k routes takes milliseconds: let the other threads run meanwhile.
@@ -61,14 +64,14 @@ fn compile(
 /// One worker's data plane: a listener, a route table, and the loop that serves it.
 #[pyclass(module = "pygateway._core", name = "Worker", frozen)]
 pub struct Worker {
-    table: Arc<ArcSwap<RouteTable>>,
+    table: Arc<ArcSwap<RouteTable<PyChain>>>,
     shm: Arc<ShmTable>,
     limits: Limits,
     max_uri_len: usize,
     /// Idle upstream connections kept per target, and for how long (`upstream::configure_pool`).
     pool: (usize, Duration),
     listener: Mutex<Option<std::net::TcpListener>>,
-    submit: Mutex<Option<Arc<PyObj<PyAny>>>>,
+    submit: SubmitSlot,
     /// `drain() -> [(plugin, calls, ns)]`: Python plugin timings sampled by the chains.
     plugin_times: Mutex<Option<PyObj<PyAny>>>,
     stop_tx: tokio::sync::watch::Sender<bool>,
@@ -116,7 +119,7 @@ impl Worker {
             max_uri_len: s.max_uri_len,
             pool: (s.pool_max_idle, s.pool_idle_timeout),
             listener: Mutex::new(None),
-            submit: Mutex::new(None),
+            submit: SubmitSlot::default(),
             plugin_times: Mutex::new(None),
             stop_tx,
             observer: Mutex::new(Some(observer)),
@@ -226,7 +229,7 @@ impl Worker {
     /// Compile and publish a config snapshot; requests in flight finish on the table they started with.
     /// `chains` maps route id → `pygateway.worker.host.Chain`.
     fn apply(&self, py: Python<'_>, snapshot: &[u8], chains: &Bound<'_, PyDict>) -> PyResult<u64> {
-        let table = compile(py, snapshot, Some(chains))?;
+        let table = compile(py, snapshot, Some((chains, &self.submit)))?;
         let version = table.version;
         let old = self.table.swap(Arc::new(table));
         // The old table may hold Python chains: let it go while attached, off the I/O thread.
@@ -247,7 +250,7 @@ impl Worker {
 
     /// `submit(coro, waker)`: schedules an async plugin phase on the worker's asyncio loop.
     fn set_async_submit(&self, submit: Py<PyAny>) {
-        *self.submit.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(PyObj::new(submit)));
+        self.submit.store(Some(Arc::new(PyObj::new(submit))));
     }
 
     /// Serve until SIGTERM (drain, then return), SIGINT/SIGQUIT (return at once) or `stop()`.
@@ -258,14 +261,7 @@ impl Worker {
             .unwrap_or_else(|p| p.into_inner())
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("call bind() before run()"))?;
-        let shared = (
-            self.table.clone(),
-            self.shm.clone(),
-            self.submit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        );
+        let shared = (self.table.clone(), self.shm.clone());
         let limits = self.limits.clone();
         let max_uri_len = self.max_uri_len;
         crate::upstream::configure_pool(self.pool.0, self.pool.1);
@@ -302,10 +298,9 @@ impl Worker {
                 .map_err(|e| PyRuntimeError::new_err(format!("tokio runtime: {e}")))?;
             let local = tokio::task::LocalSet::new();
             let res = local.block_on(&rt, async move {
-                let shared = Rc::new(Shared {
+                let shared = Rc::new(WorkerState {
                     table: shared.0,
                     shm: shared.1,
-                    submit: shared.2,
                     max_uri_len,
                     obs: Rc::new(obs),
                 });
@@ -408,7 +403,7 @@ fn check_snapshot(py: Python<'_>, snapshot: &[u8]) -> PyResult<usize> {
 /// Route lookups without a server: for tests and micro benchmarks.
 #[pyclass(module = "pygateway._core", name = "RouteMatcher", frozen)]
 pub struct RouteMatcher {
-    table: RouteTable,
+    table: RouteTable<PyChain>,
 }
 
 #[pymethods]
@@ -541,7 +536,16 @@ impl Limiter {
     }
 }
 
+/// The extension module `pygateway._core`.
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    register(m)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The phase list, in order: Python numbers its hooks by position (`Phase as u8`).
+    let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+    m.add("PHASES", pyo3::types::PyTuple::new(m.py(), phases)?)?;
     m.add_class::<Worker>()?;
     m.add_class::<RouteMatcher>()?;
     m.add_class::<Limiter>()?;
@@ -557,21 +561,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(loadgen::run_bench, m)?)?;
     m.add("ConfigError", m.py().get_type::<ConfigError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("PHASES", pyo3::types::PyTuple::new(m.py(), phase_names())?)?;
     Ok(())
-}
-
-/// The plugin phase names, each at its number in `host.rs` (`PHASES[ACCESS] == "access"`): the one
-/// numbering, which Python reads as `_core.PHASES`.
-fn phase_names() -> [&'static str; 6] {
-    let mut names = [""; 6];
-    names[host::REWRITE as usize] = "rewrite";
-    names[host::ACCESS as usize] = "access";
-    names[host::BEFORE_PROXY as usize] = "before_proxy";
-    names[host::HEADER_FILTER as usize] = "header_filter";
-    names[host::BODY_FILTER as usize] = "body_filter";
-    names[host::LOG as usize] = "log";
-    names
 }
 
 /// Seconds from Python as a `Duration`; a ValueError naming the argument for a negative, NaN or

@@ -1,6 +1,6 @@
 //! The objects plugins see: `Request`, `Headers`, `ResponseView`. Lazy views over Rust-owned data;
 //! nothing is converted to Python until a plugin asks for it.
-use crate::py::host::ShortResponse;
+use crate::proxy::phases::ShortResponse;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use pyo3::exceptions::{PyKeyError, PyValueError};

@@ -31,9 +31,14 @@ pub const G_FILE_LOG_DROPPED: usize = 8;
 pub const G_HTTP_LOG_DROPPED: usize = 9;
 pub const G_HTTP_LOG_FAILED: usize = 10;
 
+/// Every offset read or written is below `HEADER + slabs * slab_bytes`, which is at most the
+/// mapping's length (checked once, where the mapping is made or opened): `gauge` and `entries` check
+/// the slab index, and an entry is read only inside its slab's published area.
 pub struct MetricsShm {
     _map: MmapMut,
     base: *mut u8,
+    /// Bytes mapped.
+    len: usize,
     slabs: usize,
     slab_bytes: usize,
 }
@@ -58,6 +63,7 @@ impl MetricsShm {
     /// A private mapping: a worker started without a master (tests, embedding).
     pub fn anonymous(slabs: usize, slab_bytes: usize) -> io::Result<MetricsShm> {
         let slab_bytes = slab_bytes.next_multiple_of(64).max(ENTRIES_AT + 64);
+        let slabs = slabs.max(1);
         let map = MmapOptions::new()
             .len(HEADER + slabs * slab_bytes)
             .map_anon()?;
@@ -66,9 +72,12 @@ impl MetricsShm {
 
     fn init(mut map: MmapMut, slabs: usize, slab_bytes: usize) -> MetricsShm {
         let base = map.as_mut_ptr();
+        let len = map.len();
+        assert!(HEADER + slabs * slab_bytes <= len, "mapped as sized");
         let m = MetricsShm {
             _map: map,
             base,
+            len,
             slabs,
             slab_bytes,
         };
@@ -86,6 +95,7 @@ impl MetricsShm {
         let mut m = MetricsShm {
             _map: map,
             base,
+            len: flen,
             slabs: 0,
             slab_bytes: 0,
         };
@@ -96,8 +106,14 @@ impl MetricsShm {
         }
         let slabs = m.word(16).load(Ordering::Relaxed) as usize;
         let slab_bytes = m.word(24).load(Ordering::Relaxed) as usize;
+        // Checked: a header claiming more slabs than the file holds must not wrap around into a
+        // size that seems to fit.
+        let size = slabs
+            .checked_mul(slab_bytes)
+            .and_then(|b| b.checked_add(HEADER));
         if slab_bytes < ENTRIES_AT
-            || HEADER + slabs * slab_bytes > flen
+            || slabs == 0
+            || size.is_none_or(|size| size > flen)
             || !slab_bytes.is_multiple_of(8)
         {
             return Err(invalid("metrics file: size does not match its header"));
@@ -113,8 +129,9 @@ impl MetricsShm {
 
     /// The 8-byte word at byte offset `off` of the mapping.
     fn word(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8));
-        // SAFETY: callers keep `off` inside the mapping and 8-aligned (the base is page aligned).
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: callers keep `off` inside the mapping (see the struct's doc) and 8-aligned (the
+        // base is page aligned).
         unsafe { &*(self.base.add(off) as *const AtomicU64) }
     }
 
@@ -128,7 +145,12 @@ impl MetricsShm {
     }
 
     /// Read every published entry of `slab`: (kind, key, counter values).
+    /// Reads stay inside the slab's published area (a header or `used` claiming more is cut short),
+    /// and a slab index past the last reads nothing.
     pub fn entries(&self, slab: usize, mut f: impl FnMut(u32, &[u8], &[u64])) {
+        if slab >= self.slabs {
+            return;
+        }
         let start = self.slab_at(slab);
         let used =
             (self.word(start).load(Ordering::Acquire) as usize).min(self.slab_bytes - ENTRIES_AT);
@@ -144,7 +166,10 @@ impl MetricsShm {
             if n == 0 || off + size > used {
                 break;
             }
-            // SAFETY: the key bytes were written before `used` was published (Release/Acquire).
+            debug_assert!(at + size <= self.len);
+            // SAFETY: inside the slab's published area (`off + size <= used`, and `used` is capped at
+            // the slab's entry area, which lies inside the mapping); the key bytes were written
+            // before `used` was published (Release/Acquire).
             let key = unsafe { std::slice::from_raw_parts(self.base.add(at + 8), key_len) };
             values.clear();
             let counters_at = at + 8 + key_words * 8;
@@ -314,4 +339,63 @@ pub fn observe(c: &Counters<'_>, first: usize, us: u64) {
         .unwrap_or(BUCKETS_MS.len());
     c.add(first + bucket, 1);
     c.add(first + BUCKETS_MS.len() + 1, us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("pgw-shm-{}-{name}", std::process::id()))
+    }
+
+    /// Rewrite header word `i` (byte offset `8 * i`) of the file at `path`.
+    fn poke(path: &Path, off: u64, v: u64) {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&v.to_ne_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_header_claiming_more_than_the_file_holds_is_refused() {
+        let path = scratch("hdr");
+        drop(MetricsShm::create(&path, 2, 4096).unwrap());
+        assert!(MetricsShm::open(&path).is_ok());
+        // More slabs than fit; then so many that `slabs * slab_bytes` wraps around to a small size.
+        for slabs in [3u64, (u64::MAX / 4096) + 2, 0] {
+            poke(&path, 16, slabs);
+            assert!(MetricsShm::open(&path).is_err(), "slabs={slabs}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn entries_stay_inside_the_slab() {
+        let path = scratch("entries");
+        let shm = std::sync::Arc::new(MetricsShm::create(&path, 2, 4096).unwrap());
+        let w = SlabWriter::new(shm.clone(), 1);
+        let mut lookup = vec![KIND_LIMIT as u8];
+        lookup.extend_from_slice(b"route-1");
+        w.counters(&lookup).unwrap().add(0, 7);
+        let slab_bytes = shm.slab_bytes as u64;
+        let slab1 = (HEADER as u64) + slab_bytes;
+        // `used` claims the whole slab and more; the one real entry is read, nothing past it.
+        poke(&path, slab1, u64::MAX);
+        // An entry head after the real one claiming a key far longer than the slab.
+        let next = slab1 + ENTRIES_AT as u64 + 8 + 8 + 8 * counters_of(KIND_LIMIT) as u64;
+        poke(&path, next, u32::MAX as u64 | (KIND_HTTP as u64) << 32);
+        let reopened = MetricsShm::open(&path).unwrap();
+        let mut seen = Vec::new();
+        reopened.entries(1, |kind, key, values| {
+            seen.push((kind, key.to_vec(), values[0]))
+        });
+        assert_eq!(seen, vec![(KIND_LIMIT, b"route-1".to_vec(), 7)]);
+        // A slab index past the last reads nothing.
+        let mut n = 0;
+        reopened.entries(2, |_, _, _| n += 1);
+        reopened.entries(usize::MAX / 2, |_, _, _| n += 1);
+        assert_eq!(n, 0);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
