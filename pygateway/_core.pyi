@@ -4,10 +4,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, final
 
 __version__: str
-# Plugin phase names in the Rust core's numbering (`PHASES[n]` is phase n).
-PHASES: tuple[str, ...]
-
-# The request phases in the order they run; a hook's phase number is its position here.
+# The plugin phases in the order they run; a hook's phase number is its position here.
 PHASES: tuple[str, ...]
 
 class ConfigError(ValueError):
