@@ -1,12 +1,12 @@
 //! `limit-req` and `limit-count`, native: their confs, compile, key and quota headers. Counters live in
 //! the shared-memory limiter table (`crate::limit`), exact across workers.
-use crate::config::{ConsumerLimitsConf, GlobalLimitsConf};
+use crate::config::{conf_in, CompileError, ConsumerLimitsConf, GlobalLimitsConf};
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::observe::metrics::Recorder;
 use crate::proxy::body::GwBody;
 use crate::proxy::error_response;
 use crate::proxy::phases::PluginChain;
-use crate::proxy::table::{conf_in, CompileError, CompiledRoute};
+use crate::proxy::table::CompiledRoute;
 use crate::proxy::vars::ReqVars;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};

@@ -1,6 +1,6 @@
 //! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
-use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::config::{conf_in, CompileError, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
 use crate::observe::{NodePool, RouteObs};
 use crate::plugins::limit::{
@@ -13,7 +13,7 @@ use crate::router::{RouteSpec, Router};
 use crate::upstream::lb::{Balancer, LbKind};
 use http::HeaderValue;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,15 +103,6 @@ pub enum HashOn {
     Consumer,
 }
 
-#[derive(Debug)]
-pub struct CompileError(pub String);
-
-impl std::fmt::Display for CompileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
@@ -121,20 +112,6 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(
     name: &str,
 ) -> Result<Option<T>, CompileError> {
     conf_in(&route.plugins, &format!("routes[{}]", route.id), name)
-}
-
-/// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
-pub(crate) fn conf_in<T: for<'de> Deserialize<'de>>(
-    plugins: &Map<String, Value>,
-    label: &str,
-    name: &str,
-) -> Result<Option<T>, CompileError> {
-    match plugins.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
-    }
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
