@@ -7,7 +7,7 @@ use crate::proxy::body::GwBody;
 use crate::proxy::error_response;
 use crate::proxy::phases::PluginChain;
 use crate::proxy::table::CompiledRoute;
-use crate::proxy::vars::ReqVars;
+use crate::router::ReqVars;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Deserialize;
@@ -256,9 +256,9 @@ pub(crate) fn limit_key<'a>(
 ) -> Option<std::borrow::Cow<'a, str>> {
     use crate::router::VarSource;
     match k {
-        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(
-            crate::observe::accesslog::ip_string(vars.remote),
-        )),
+        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(crate::http1::ip_string(
+            vars.remote,
+        ))),
         LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
         LimitKey::Header(h) => vars
             .headers

@@ -20,7 +20,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
-pub use request::{normalize, vars};
+pub use request::normalize;
 pub use respond::{error_response, meter};
 
 use crate::limit::ShmTable;
@@ -252,7 +252,7 @@ fn apply_limits<C: PluginChain>(
     if table.global_limits.is_empty() && count.is_none() && req.is_none() {
         return Ok((None, 0));
     }
-    let vars = vars::ReqVars {
+    let vars = crate::router::ReqVars {
         headers: &out.headers,
         query: out.query.as_deref(),
         path: &out.path,
