@@ -7,7 +7,7 @@ use super::table::CompiledRoute;
 use crate::http1::BoxError;
 use crate::observe::accesslog::Capture;
 use crate::observe::{Exchange, Meter, Observer};
-use crate::plugins::limit::{self, Quota};
+use crate::plugins::limit::{self, Quota, Rejected};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -23,6 +23,29 @@ pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
         HeaderValue::from_static("application/json"),
     );
     r
+}
+
+/// A limiter's refusal as the response: the gateway's JSON error, with limit-count's quota headers
+/// when it shows them.
+pub(crate) fn rejected(no: Rejected<'_>) -> Response<GwBody> {
+    let mut r = error_response(no.status, no.msg);
+    if let Some(quota) = no.quota {
+        limit::quota_headers(r.headers_mut(), quota);
+    }
+    r
+}
+
+/// Put limit-count's quota on the response: appended to the upstream's header lines when they are
+/// passed through (the upstream's own were left out), else into the header map.
+fn add_quota(resp: &mut Response<GwBody>, quota: Quota) {
+    let raw = match resp.body_mut() {
+        GwBody::Upstream(b) => b.raw_lines_mut(),
+        _ => None,
+    };
+    match raw {
+        Some(lines) => limit::quota_lines(lines, quota),
+        None => limit::quota_headers(resp.headers_mut(), quota),
+    }
 }
 
 pub(crate) fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
@@ -41,7 +64,7 @@ pub(crate) fn respond<C: PluginChain>(
     mut resp: Response<GwBody>,
 ) -> Response<GwBody> {
     if let Some(quota) = quota {
-        limit::add_quota(&mut resp, quota);
+        add_quota(&mut resp, quota);
     }
     let resp = finish_resp(route, plugin_req, resp);
     match (&route.gzip, &at.gzip_ask) {
