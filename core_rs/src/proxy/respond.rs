@@ -1,5 +1,6 @@
-//! The response side of the request path: gateway-made responses and the response phases
-//! (`header_filter`, `body_filter`, `log`), limit-count's quota headers and gzip.
+//! The response side of the request path: gateway-made responses (through the server's one error
+//! builder) and the response phases (`header_filter`, `body_filter`, `log`), limit-count's
+//! refusals and quota headers, and gzip.
 use super::body::{self, ChunkFilter, DropHook, GwBody};
 use super::phases::{Phase, PluginChain, ShortResponse};
 use super::request::Routed;
@@ -14,15 +15,12 @@ use http::{Response, StatusCode};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// A short JSON error made by the gateway.
+/// A short JSON error made by the gateway (404, 413, 414, 502, 504, a limiter's refusal, ...):
+/// built by the server's builder, so every gateway-made error has one shape
+/// (docs/architecture.md, "The request path"). Whether the connection closes after it is the
+/// caller's (`with_close`).
 pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
-    let mut r = Response::new(GwBody::full(crate::http1::error_body(msg)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+    crate::server::error_response::<GwBody>(status, msg)
 }
 
 /// A limiter's refusal as the response: the gateway's JSON error, with limit-count's quota headers
@@ -48,6 +46,8 @@ fn add_quota(resp: &mut Response<GwBody>, quota: Quota) {
     }
 }
 
+/// The response with `Connection: close`: the request left the connection in a state not worth
+/// keeping (a URI or body the gateway refused).
 pub(crate) fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
