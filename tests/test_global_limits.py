@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from conftest import route
+from helpers import route
 
 
 def _routes(up: Any) -> list[dict[str, Any]]:

@@ -1,10 +1,39 @@
 //! The config snapshot the master pushes to every worker (JSON).
 //!
-//! The Python side (`pygateway/config.py`) validates the user's APISIX-shaped config and flattens it:
+//! The Python side (`pygateway/config/`) validates the user's APISIX-shaped config and flattens it:
 //! services, plugin_configs and `upstream_id` references are already merged into each route here, so the
 //! worker only compiles what it is given.
+//!
+//! The helpers every compile step shares live here too, below the route table (`proxy/table.rs`)
+//! and the native plugins (`plugins/`) that both use them: [`conf_in`] parses one plugin's conf
+//! and [`CompileError`] names what was wrong (docs/architecture.md, "The Rust core").
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+/// A snapshot the worker cannot serve: the message names the object and field
+/// (`routes[r1].plugins.gzip.comp_level: ...`). The worker keeps its last good table.
+#[derive(Debug)]
+pub struct CompileError(pub String);
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
+pub(crate) fn conf_in<T: for<'de> Deserialize<'de>>(
+    plugins: &Map<String, Value>,
+    label: &str,
+    name: &str,
+) -> Result<Option<T>, CompileError> {
+    match plugins.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct Snapshot {

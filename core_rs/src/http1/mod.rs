@@ -3,10 +3,12 @@
 //! routes, plugins or sockets, and nothing here imports the rest of the crate.
 //!
 //! `token.rs` comma-separated header tokens; `length.rs` Content-Length values; `chunked.rs` the
-//! chunked coding (chunk headers, the decoder); `hop.rs` the hop-by-hop header names; `io.rs`
-//! reading a socket into a buffer; `scan.rs` the request-stream scanner behind the edge limits,
-//! with its typed [`Reject`]; here, the one [`error_body`] of the gateway's own errors and the one
-//! [`BoxError`].
+//! chunked coding (chunk headers, the decoder); `hop.rs` the hop-by-hop header names; `addr.rs` an
+//! IP address as header text (X-Forwarded-For; the router's `remote_addr` and the access log use it
+//! too, so it sits here, below both); `io.rs` reading a socket into a buffer; `scan.rs` the
+//! request-stream scanner behind the edge limits, with its typed [`Reject`]; here, the one
+//! [`error_body`] of the gateway's own errors and the one [`BoxError`].
+mod addr;
 mod chunked;
 mod hop;
 mod io;
@@ -14,6 +16,7 @@ mod length;
 mod scan;
 mod token;
 
+pub use addr::{ip_string, put_ip};
 pub use chunked::{chunk_header, ChunkDecoder};
 pub use hop::{is_hop_by_hop, HOP_BY_HOP};
 pub use io::poll_read_into;

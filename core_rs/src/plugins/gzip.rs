@@ -8,7 +8,11 @@
 //! allows gzip: `Content-Length` and `Accept-Ranges` go, a strong `ETag` turns weak, and the body
 //! is deflated as it streams (`GzipBody`): never buffered whole, flushed whenever the upstream has
 //! nothing more ready, so a slow stream stays a stream.
-use crate::proxy::body::{BoxError, GwBody};
+//!
+//! Generic over the response body (`apply` wraps it through `From<GzipBody<B>>`): the proxy's is
+//! `GwBody`, whose `Gzip` variant holds a `GzipBody<GwBody>`, monomorphised, so this file needs
+//! nothing of the proxy (plugins sit below it: docs/architecture.md, "The Rust core").
+use crate::http1::BoxError;
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -150,7 +154,7 @@ pub fn accepts_gzip(value: &[u8]) -> bool {
 }
 
 /// The response's own properties make it eligible (everything but the client's `Accept-Encoding`).
-fn eligible(conf: &GzipConf, ask: &Ask, resp: &Response<GwBody>) -> bool {
+fn eligible<B: Body>(conf: &GzipConf, ask: &Ask, resp: &Response<B>) -> bool {
     let h = resp.headers();
     if ask.excluded
         || !matches!(
@@ -180,8 +184,12 @@ fn eligible(conf: &GzipConf, ask: &Ask, resp: &Response<GwBody>) -> bool {
     len.is_none_or(|n| n >= conf.min_length)
 }
 
-/// Compress `resp` if the conf, the request and the response allow it.
-pub fn apply(conf: &GzipConf, ask: &Ask, resp: Response<GwBody>) -> Response<GwBody> {
+/// Compress `resp` if the conf, the request and the response allow it; the compressed stream is
+/// wrapped back into `B` by `B::from`.
+pub fn apply<B>(conf: &GzipConf, ask: &Ask, resp: Response<B>) -> Response<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin + From<GzipBody<B>>,
+{
     if !eligible(conf, ask, &resp) {
         return resp;
     }
@@ -207,8 +215,7 @@ pub fn apply(conf: &GzipConf, ask: &Ask, resp: Response<GwBody>) -> Response<GwB
             };
         }
     }
-    let body = GwBody::Gzip(Box::new(GzipBody::new(body, conf.level)));
-    Response::from_parts(parts, body)
+    Response::from_parts(parts, B::from(GzipBody::new(body, conf.level)))
 }
 
 fn varies_on_encoding(h: &HeaderMap) -> bool {
@@ -277,71 +284,21 @@ const OUT_BATCH: usize = 32 * 1024;
 const IN_BUDGET: usize = 512 * 1024;
 
 /// A response body compressed as it streams.
-pub struct GzipBody {
-    inner: GwBody,
+pub struct GzipBody<B> {
+    inner: B,
     enc: Encoder,
     /// Trailers seen after the data: sent once the gzip trailer is out.
     trailers: Option<HeaderMap>,
     done: bool,
 }
 
-impl GzipBody {
-    pub fn new(inner: GwBody, level: u32) -> GzipBody {
+impl<B> GzipBody<B> {
+    pub fn new(inner: B, level: u32) -> GzipBody<B> {
         GzipBody {
             inner,
             enc: Encoder::new(level),
             trailers: None,
             done: false,
-        }
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.done && self.trailers.is_none()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
-
-    pub fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.done {
-            return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
-        }
-        let mut read = 0usize;
-        loop {
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        read += data.len();
-                        self.enc.write(&data)?;
-                        if self.enc.pending() >= OUT_BATCH {
-                            return ready(self.enc.take(false)?);
-                        }
-                        if read >= IN_BUDGET {
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                    }
-                    Err(frame) => {
-                        self.trailers = frame.into_trailers().ok();
-                        return self.end();
-                    }
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => return self.end(),
-                // Nothing more ready now: send all we have so the client is not kept waiting.
-                Poll::Pending => {
-                    let out = self.enc.take(true)?;
-                    return if out.is_empty() {
-                        Poll::Pending
-                    } else {
-                        ready(out)
-                    };
-                }
-            }
         }
     }
 
@@ -355,6 +312,62 @@ impl GzipBody {
     }
 }
 
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for GzipBody<B> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        let mut read = 0usize;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        read += data.len();
+                        this.enc.write(&data)?;
+                        if this.enc.pending() >= OUT_BATCH {
+                            return ready(this.enc.take(false)?);
+                        }
+                        if read >= IN_BUDGET {
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                    }
+                    Err(frame) => {
+                        this.trailers = frame.into_trailers().ok();
+                        return this.end();
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return this.end(),
+                // Nothing more ready now: send all we have so the client is not kept waiting.
+                Poll::Pending => {
+                    let out = this.enc.take(true)?;
+                    return if out.is_empty() {
+                        Poll::Pending
+                    } else {
+                        ready(out)
+                    };
+                }
+            }
+        }
+    }
+}
+
 fn ready(b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
     Poll::Ready(Some(Ok(Frame::data(b))))
 }
@@ -364,6 +377,47 @@ mod tests {
     use super::*;
     use flate2::write::GzDecoder;
     use http_body_util::BodyExt;
+
+    /// A response body of the caller's kind (the proxy's is `GwBody`): one frame of bytes, or a
+    /// compressed stream of another.
+    enum TestBody {
+        Full(Option<Bytes>),
+        Gzip(Box<GzipBody<TestBody>>),
+    }
+
+    impl TestBody {
+        fn full(b: impl Into<Bytes>) -> TestBody {
+            TestBody::Full(Some(b.into()))
+        }
+    }
+
+    impl From<GzipBody<TestBody>> for TestBody {
+        fn from(g: GzipBody<TestBody>) -> TestBody {
+            TestBody::Gzip(Box::new(g))
+        }
+    }
+
+    impl Body for TestBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.get_mut() {
+                TestBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+                TestBody::Gzip(g) => Pin::new(&mut **g).poll_frame(cx),
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            match self {
+                TestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+                TestBody::Gzip(g) => g.size_hint(),
+            }
+        }
+    }
 
     #[test]
     fn accept_encoding_parser() {
@@ -440,11 +494,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn body_round_trip_and_empty() {
         let data = Bytes::from("hello gzip ".repeat(10_000));
-        let body = GwBody::Gzip(Box::new(GzipBody::new(GwBody::full(data.clone()), 6)));
+        let body = TestBody::from(GzipBody::new(TestBody::full(data.clone()), 6));
         let out = body.collect().await.unwrap().to_bytes();
         assert!(out.len() < data.len() / 10);
         assert_eq!(gunzip(&out), data);
-        let empty = GwBody::Gzip(Box::new(GzipBody::new(GwBody::empty(), 1)));
+        let empty = TestBody::from(GzipBody::new(TestBody::Full(None), 1));
         assert_eq!(gunzip(&empty.collect().await.unwrap().to_bytes()), b"");
     }
 
@@ -454,8 +508,8 @@ mod tests {
             .compile()
     }
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response<GwBody> {
-        let mut r = Response::new(GwBody::full(body.to_string()));
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response<TestBody> {
+        let mut r = Response::new(TestBody::full(body.to_string()));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {
             r.headers_mut().append(
@@ -473,7 +527,7 @@ mod tests {
         let mut req = HeaderMap::new();
         req.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
         let ask = Ask::of(&c, &Method::GET, Version::HTTP_11, &req);
-        let enc = |r: &Response<GwBody>| r.headers().get(header::CONTENT_ENCODING).cloned();
+        let enc = |r: &Response<TestBody>| r.headers().get(header::CONTENT_ENCODING).cloned();
         let txt = [
             ("content-type", "text/plain; charset=utf-8"),
             ("etag", "\"v1\""),

@@ -1,15 +1,16 @@
 //! `limit-req` and `limit-count`, native: their confs, compile, key and quota headers. Counters live in
 //! the shared-memory limiter table (`crate::limit`), exact across workers.
-use crate::config::{ConsumerLimitsConf, GlobalLimitsConf};
+//!
+//! A decision is a value ([`Ctx::apply`]: the quota and delay, or a [`Rejected`]); the proxy turns a
+//! rejection into the response and puts the quota on the way out, so this file knows nothing of
+//! the proxy's body or route types (plugins sit below the proxy: docs/architecture.md, "The Rust
+//! core").
+use crate::config::{conf_in, CompileError, ConsumerLimitsConf, GlobalLimitsConf};
 use crate::limit::{key_hash, monotonic_ns, ShmTable};
 use crate::observe::metrics::Recorder;
-use crate::proxy::body::GwBody;
-use crate::proxy::error_response;
-use crate::proxy::phases::PluginChain;
-use crate::proxy::table::{conf_in, CompileError, CompiledRoute};
-use crate::proxy::vars::ReqVars;
+use crate::router::ReqVars;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -23,12 +24,19 @@ pub struct ConsumerLimits {
     pub limit_req: Option<Option<LimitReq>>,
 }
 
+/// The `limit-req` and `limit-count` of a route, or of a global rule.
+#[derive(Default)]
+pub struct Limits {
+    pub limit_req: Option<LimitReq>,
+    pub limit_count: Option<LimitCount>,
+}
+
 impl ConsumerLimits {
-    /// The limiters that apply to a request of `consumer` on `route`.
-    pub fn effective<'a, C: PluginChain>(
+    /// The limiters that apply to a request of `consumer` on a route with limiters `route`.
+    pub fn effective<'a>(
         table: &'a HashMap<String, ConsumerLimits>,
         consumer: Option<&str>,
-        route: &'a CompiledRoute<C>,
+        route: &'a Limits,
     ) -> (Option<&'a LimitCount>, Option<&'a LimitReq>) {
         let own = consumer.and_then(|c| table.get(c));
         let count = match own.map(|c| &c.limit_count) {
@@ -157,7 +165,7 @@ pub(crate) fn compile_limits(
     plugins: &Map<String, Value>,
     label: &str,
     sources: (&str, &str),
-) -> Result<(Option<LimitReq>, Option<LimitCount>), CompileError> {
+) -> Result<Limits, CompileError> {
     let seed = key_hash(&[b"source", sources.0.as_bytes()]);
     let limit_req = conf_in::<LimitReqConf>(plugins, label, "limit-req")?.map(|c| LimitReq {
         rate: c.rate,
@@ -198,31 +206,26 @@ pub(crate) fn compile_limits(
             )));
         }
     }
-    Ok((limit_req, limit_count))
+    Ok(Limits {
+        limit_req,
+        limit_count,
+    })
 }
 
 /// A global rule's `limit-req` / `limit-count`: applied to every request, before the route's (or
 /// the consumer's), with one counter per key across all routes (APISIX keys a global rule's
 /// counter by the rule, not the route).
-pub struct GlobalLimits {
-    pub limit_req: Option<LimitReq>,
-    pub limit_count: Option<LimitCount>,
-}
-
-pub(crate) fn compile_global(g: &GlobalLimitsConf) -> Result<GlobalLimits, CompileError> {
+pub(crate) fn compile_global(g: &GlobalLimitsConf) -> Result<Limits, CompileError> {
     let source = format!("global_rule:{}", g.id);
     let label = format!("global_rules[{}]", g.id);
-    let (mut limit_req, mut limit_count) = compile_limits(&g.plugins, &label, (&source, &source))?;
-    if let Some(l) = &mut limit_req {
+    let mut limits = compile_limits(&g.plugins, &label, (&source, &source))?;
+    if let Some(l) = &mut limits.limit_req {
         l.per_route = false;
     }
-    if let Some(l) = &mut limit_count {
+    if let Some(l) = &mut limits.limit_count {
         l.per_route = false;
     }
-    Ok(GlobalLimits {
-        limit_req,
-        limit_count,
-    })
+    Ok(limits)
 }
 
 pub(crate) fn compile_consumer(
@@ -243,7 +246,10 @@ pub(crate) fn compile_consumer(
         }
     };
     let sources = (source("limit-req"), source("limit-count"));
-    let (limit_req, limit_count) = compile_limits(&c.plugins, &label, (&sources.0, &sources.1))?;
+    let Limits {
+        limit_req,
+        limit_count,
+    } = compile_limits(&c.plugins, &label, (&sources.0, &sources.1))?;
     Ok(ConsumerLimits {
         limit_req: c.plugins.contains_key("limit-req").then_some(limit_req),
         limit_count: c.plugins.contains_key("limit-count").then_some(limit_count),
@@ -256,9 +262,9 @@ pub(crate) fn limit_key<'a>(
 ) -> Option<std::borrow::Cow<'a, str>> {
     use crate::router::VarSource;
     match k {
-        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(
-            crate::observe::accesslog::ip_string(vars.remote),
-        )),
+        LimitKey::RemoteAddr => Some(std::borrow::Cow::Owned(crate::http1::ip_string(
+            vars.remote,
+        ))),
         LimitKey::ConsumerName => vars.consumer.map(std::borrow::Cow::Borrowed),
         LimitKey::Header(h) => vars
             .headers
@@ -268,14 +274,25 @@ pub(crate) fn limit_key<'a>(
     }
 }
 
-pub(crate) fn rejected(code: u16, msg: Option<&str>) -> Response<GwBody> {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    match msg {
-        Some(m) => error_response(status, m),
-        None => {
-            let mut r = error_response(status, status.canonical_reason().unwrap_or("rejected"));
-            *r.status_mut() = status;
-            r
+/// A limiter refused the request: the answer to give, built by the proxy as a gateway-made error
+/// (`{"error_msg": msg}`).
+#[derive(Debug, PartialEq)]
+pub struct Rejected<'a> {
+    /// The conf's `rejected_code` (503 if it is not a status).
+    pub status: StatusCode,
+    /// The conf's `rejected_msg`, else the status's reason phrase.
+    pub msg: &'a str,
+    /// limit-count's quota headers (with none remaining), when it shows them.
+    pub quota: Option<Quota>,
+}
+
+impl<'a> Rejected<'a> {
+    fn new(code: u16, msg: Option<&'a str>, quota: Option<Quota>) -> Rejected<'a> {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        Rejected {
+            status,
+            msg: msg.unwrap_or(status.canonical_reason().unwrap_or("rejected")),
+            quota,
         }
     }
 }
@@ -321,12 +338,11 @@ pub(crate) struct Ctx<'a> {
 impl Ctx<'_> {
     /// Count the request against `count`, then `req`: the quota to send and how long limit-req
     /// wants the request delayed (ns; 0 with `nodelay`), or the rejection.
-    #[allow(clippy::result_large_err)] // the response is made once, on the way out
-    pub(crate) fn apply(
+    pub(crate) fn apply<'c>(
         &self,
-        count: Option<&LimitCount>,
-        req: Option<&LimitReq>,
-    ) -> Result<(Option<Quota>, u64), Response<GwBody>> {
+        count: Option<&'c LimitCount>,
+        req: Option<&'c LimitReq>,
+    ) -> Result<(Option<Quota>, u64), Rejected<'c>> {
         let mut quota = None;
         let mut delay_ns = 0;
         if let Some(lc) = count {
@@ -340,11 +356,12 @@ impl Ctx<'_> {
                 let reset = d.reset_ns.div_ceil(1_000_000_000).min(lc.window_secs);
                 if !d.allowed {
                     self.rec.limit_rejected(self.route_id, "limit-count");
-                    let mut r = rejected(lc.rejected_code, lc.rejected_msg.as_deref());
-                    if lc.show_headers {
-                        quota_headers(r.headers_mut(), [lc.count, 0, reset]);
-                    }
-                    return Err(r);
+                    let quota = lc.show_headers.then_some([lc.count, 0, reset]);
+                    return Err(Rejected::new(
+                        lc.rejected_code,
+                        lc.rejected_msg.as_deref(),
+                        quota,
+                    ));
                 }
                 if lc.show_headers {
                     quota = Some([lc.count, d.remaining, reset]);
@@ -361,7 +378,11 @@ impl Ctx<'_> {
                 ) {
                     Err(()) => {
                         self.rec.limit_rejected(self.route_id, "limit-req");
-                        return Err(rejected(lr.rejected_code, lr.rejected_msg.as_deref()));
+                        return Err(Rejected::new(
+                            lr.rejected_code,
+                            lr.rejected_msg.as_deref(),
+                            None,
+                        ));
                     }
                     Ok(delay) if !lr.nodelay => delay_ns = delay,
                     Ok(_) => {}
@@ -372,15 +393,69 @@ impl Ctx<'_> {
     }
 }
 
-/// Put limit-count's quota on the response: appended to the upstream's header lines when they are
-/// passed through (the upstream's own were left out), else into the header map.
-pub(crate) fn add_quota(resp: &mut Response<GwBody>, quota: Quota) {
-    let raw = match resp.body_mut() {
-        GwBody::Upstream(b) => b.raw_lines_mut(),
-        _ => None,
-    };
-    match raw {
-        Some(lines) => quota_lines(lines, quota),
-        None => quota_headers(resp.headers_mut(), quota),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::metrics::shm::MetricsShm;
+    use std::sync::Arc;
+
+    fn limits(plugins: serde_json::Value) -> Limits {
+        compile_limits(plugins.as_object().unwrap(), "routes[r]", ("", "")).unwrap()
+    }
+
+    #[test]
+    fn decisions_are_values_with_the_confs_answer() {
+        let shm = ShmTable::anonymous(1024).unwrap();
+        let rec = Recorder::new(Arc::new(MetricsShm::anonymous(1, 1 << 16).unwrap()), 0);
+        let headers = HeaderMap::new();
+        let vars = ReqVars {
+            headers: &headers,
+            query: None,
+            path: "/",
+            host: "h",
+            method: "GET",
+            remote: "10.0.0.1".parse().unwrap(),
+            scheme: "http",
+            consumer: None,
+        };
+        let ctx = Ctx {
+            shm: &shm,
+            rec: &rec,
+            route_id: "r",
+            route_seed: 7,
+            vars: &vars,
+        };
+        let count = limits(serde_json::json!({"limit-count": {
+            "count": 2, "time_window": 60, "rejected_code": 429, "rejected_msg": "slow down"
+        }}));
+        let lc = count.limit_count.as_ref();
+        let (quota, delay) = ctx.apply(lc, None).unwrap();
+        assert_eq!(
+            (quota.map(|q| q[..2].to_vec()), delay),
+            (Some(vec![2, 1]), 0)
+        );
+        ctx.apply(lc, None).unwrap();
+        let no = ctx.apply(lc, None).unwrap_err();
+        assert_eq!(
+            (no.status, no.msg),
+            (StatusCode::TOO_MANY_REQUESTS, "slow down")
+        );
+        assert_eq!(no.quota.map(|q| q[..2].to_vec()), Some(vec![2, 0]));
+
+        // No message: the status's reason phrase; limit-req shows no quota.
+        let req = limits(serde_json::json!({"limit-req": {
+            "rate": 1, "burst": 0, "nodelay": true
+        }}));
+        let lr = req.limit_req.as_ref();
+        ctx.apply(None, lr).unwrap();
+        let no = ctx.apply(None, lr).unwrap_err();
+        assert_eq!(
+            no,
+            Rejected {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                msg: "Service Unavailable",
+                quota: None,
+            }
+        );
     }
 }

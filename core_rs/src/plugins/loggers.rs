@@ -1,10 +1,9 @@
 //! APISIX's `file-logger` and `http-logger`, native: their confs compiled into a route's
 //! `RouteLoggers`. What happens to a request's entry (formatted in Rust when its response ends,
 //! written or queued) is `crate::observe::loggers`.
-use crate::config::RouteConf;
+use crate::config::{CompileError, RouteConf};
 use crate::observe::accesslog::LogFormat;
 pub use crate::observe::loggers::{FileLogger, HttpLogger, RouteLoggers, MAX_PENDING};
-use crate::proxy::table::CompileError;
 use serde_json::Value;
 use std::sync::Arc;
 

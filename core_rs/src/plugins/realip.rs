@@ -6,8 +6,7 @@
 //! `client_addr`, the native limiters' `remote_addr` key, chash on `remote_addr`, the
 //! X-Forwarded-For appended to the upstream and the access log's `$remote_addr`.
 use crate::cidr::Ranges;
-use crate::proxy::vars::ReqVars;
-use crate::router::VarSource;
+use crate::router::{ReqVars, VarSource};
 use serde::Deserialize;
 use std::net::IpAddr;
 

@@ -1,5 +1,6 @@
 //! One body type for everything the gateway sends: its own short responses, streamed upstream
 //! bodies, streams that pass through a Python `body_filter`, and gzip-compressed streams.
+use crate::plugins::gzip::GzipBody;
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
@@ -27,7 +28,7 @@ pub enum GwBody {
     /// Counts the bytes sent; its meter records metrics and the access log line when dropped.
     Metered(Box<(GwBody, crate::observe::Meter)>),
     /// Compressed as it streams (the `gzip` plugin).
-    Gzip(Box<crate::plugins::gzip::GzipBody>),
+    Gzip(Box<GzipBody<GwBody>>),
 }
 
 const _: () = assert!(
@@ -65,6 +66,13 @@ impl GwBody {
     }
 }
 
+/// How `plugins::gzip::apply` wraps a response body it compresses.
+impl From<GzipBody<GwBody>> for GwBody {
+    fn from(g: GzipBody<GwBody>) -> GwBody {
+        GwBody::Gzip(Box::new(g))
+    }
+}
+
 impl GwBody {
     /// Upstream response header lines to send as they are (see `UpstreamRequest::raw_headers`).
     /// Routes that compress never ask for them.
@@ -91,7 +99,7 @@ impl Body for GwBody {
             GwBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(*b)))),
             GwBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             GwBody::Hooked(b) => Pin::new(&mut b.0).poll_frame(cx),
-            GwBody::Gzip(g) => g.poll_frame(cx),
+            GwBody::Gzip(g) => Pin::new(&mut **g).poll_frame(cx),
             GwBody::Metered(m) => {
                 let (inner, meter) = &mut **m;
                 let polled = Pin::new(inner).poll_frame(cx);

@@ -4,9 +4,9 @@ use super::phases::PluginChain;
 use super::request::Routed;
 use super::respond::error_response;
 use super::table::{CompiledRoute, HashOn, PassHost, Upstream};
-use super::vars::{self, ReqVars};
 use super::{InboundBody, Outgoing};
 use crate::observe::{Exchange, NodeRef};
+use crate::router::reqvars::{self, ReqVars};
 use crate::upstream::{Target, TlsMode, UpstreamError, UpstreamRequest};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
@@ -88,7 +88,7 @@ fn hash_key(u: &Upstream, out: &Outgoing, host: &str, remote: IpAddr) -> Option<
             vars.var(v).map(|s| s.as_bytes().to_vec())
         }
         HashOn::Header(h) => out.headers.get(h.as_str()).map(|v| v.as_bytes().to_vec()),
-        HashOn::Cookie(c) => vars::cookie(&out.headers, c).map(|s| s.as_bytes().to_vec()),
+        HashOn::Cookie(c) => reqvars::cookie(&out.headers, c).map(|s| s.as_bytes().to_vec()),
         HashOn::Consumer => out.consumer.as_ref().map(|s| s.as_bytes().to_vec()),
     }
 }
@@ -128,7 +128,7 @@ pub(crate) async fn proxy_to_upstream<C: PluginChain>(
         xff.extend_from_slice(prev.as_bytes());
         xff.extend_from_slice(b", ");
     }
-    crate::observe::accesslog::put_ip(&mut xff, remote);
+    crate::http1::put_ip(&mut xff, remote);
     let path_q = match &out.query {
         Some(q) => format!("{}?{}", out.path, q),
         None => std::mem::take(&mut out.path),

@@ -20,12 +20,12 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
-pub use request::{normalize, vars};
+pub use request::normalize;
 pub use respond::{error_response, meter};
 
 use crate::limit::ShmTable;
 use crate::observe::Exchange;
-use crate::plugins::limit::{self as limits, Quota};
+use crate::plugins::limit::{self as limits, Quota, Rejected};
 use crate::server::h1::ClientBody;
 use arc_swap::ArcSwap;
 use body::GwBody;
@@ -105,7 +105,7 @@ pub async fn handle<C: PluginChain>(
             .await;
             quota
         }
-        Err(resp) => return finish_resp(route, plugin_req, resp),
+        Err(no) => return finish_resp(route, plugin_req, respond::rejected(no)),
     };
 
     if let (Some(chain), Some(p)) = (&route.chain, &plugin_req) {
@@ -239,20 +239,22 @@ fn req_info<C: PluginChain>(
 /// The native limiters (shared-memory counters, exact across workers): the global rules' first,
 /// then the consumer's (or its group's) over the route's, as APISIX ranks them. The quota to send
 /// and the delay limit-req asks for (summed), or the rejection.
-#[allow(clippy::result_large_err)] // the response is made once, on the way out
-fn apply_limits<C: PluginChain>(
+fn apply_limits<'t, C: PluginChain>(
     state: &WorkerState<C>,
-    table: &RouteTable<C>,
-    route: &CompiledRoute<C>,
+    table: &'t RouteTable<C>,
+    route: &'t CompiledRoute<C>,
     at: &Routed,
     out: &Outgoing,
-) -> Result<(Option<Quota>, u64), Response<GwBody>> {
-    let (count, req) =
-        limits::ConsumerLimits::effective(&table.consumer_limits, out.consumer.as_deref(), route);
+) -> Result<(Option<Quota>, u64), Rejected<'t>> {
+    let (count, req) = limits::ConsumerLimits::effective(
+        &table.consumer_limits,
+        out.consumer.as_deref(),
+        &route.limits,
+    );
     if table.global_limits.is_empty() && count.is_none() && req.is_none() {
         return Ok((None, 0));
     }
-    let vars = vars::ReqVars {
+    let vars = crate::router::ReqVars {
         headers: &out.headers,
         query: out.query.as_deref(),
         path: &out.path,

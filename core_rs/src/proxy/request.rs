@@ -1,7 +1,7 @@
 //! The request as it came in: which route serves it (`route`), its host, its body, and
-//! (submodules) its normalized path and the variables routes and plugins read.
+//! (`normalize.rs`) its normalized path. The variables routes and plugins read of it are
+//! `crate::router::ReqVars`.
 pub mod normalize;
-pub mod vars;
 
 use super::body::GwBody;
 use super::phases::PluginChain;
@@ -9,12 +9,12 @@ use super::respond::{error_response, with_close};
 use super::table::RouteTable;
 use super::WorkerState;
 use crate::observe::Exchange;
+use crate::router::ReqVars;
 use crate::server::h1::ClientBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use std::net::{IpAddr, SocketAddr};
-use vars::ReqVars;
 
 /// What `route` found: the route and who the client is.
 pub(crate) struct Routed {

@@ -1,5 +1,6 @@
-//! The response side of the request path: gateway-made responses and the response phases
-//! (`header_filter`, `body_filter`, `log`), limit-count's quota headers and gzip.
+//! The response side of the request path: gateway-made responses (through the server's one error
+//! builder) and the response phases (`header_filter`, `body_filter`, `log`), limit-count's
+//! refusals and quota headers, and gzip.
 use super::body::{self, ChunkFilter, DropHook, GwBody};
 use super::phases::{Phase, PluginChain, ShortResponse};
 use super::request::Routed;
@@ -7,24 +8,46 @@ use super::table::CompiledRoute;
 use crate::http1::BoxError;
 use crate::observe::accesslog::Capture;
 use crate::observe::{Exchange, Meter, Observer};
-use crate::plugins::limit::{self, Quota};
+use crate::plugins::limit::{self, Quota, Rejected};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// A short JSON error made by the gateway.
+/// A short JSON error made by the gateway (404, 413, 414, 502, 504, a limiter's refusal, ...):
+/// built by the server's builder, so every gateway-made error has one shape
+/// (docs/architecture.md, "The request path"). Whether the connection closes after it is the
+/// caller's (`with_close`).
 pub fn error_response(status: StatusCode, msg: &str) -> Response<GwBody> {
-    let mut r = Response::new(GwBody::full(crate::http1::error_body(msg)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    crate::server::error_response::<GwBody>(status, msg)
+}
+
+/// A limiter's refusal as the response: the gateway's JSON error, with limit-count's quota headers
+/// when it shows them.
+pub(crate) fn rejected(no: Rejected<'_>) -> Response<GwBody> {
+    let mut r = error_response(no.status, no.msg);
+    if let Some(quota) = no.quota {
+        limit::quota_headers(r.headers_mut(), quota);
+    }
     r
 }
 
+/// Put limit-count's quota on the response: appended to the upstream's header lines when they are
+/// passed through (the upstream's own were left out), else into the header map.
+fn add_quota(resp: &mut Response<GwBody>, quota: Quota) {
+    let raw = match resp.body_mut() {
+        GwBody::Upstream(b) => b.raw_lines_mut(),
+        _ => None,
+    };
+    match raw {
+        Some(lines) => limit::quota_lines(lines, quota),
+        None => limit::quota_headers(resp.headers_mut(), quota),
+    }
+}
+
+/// The response with `Connection: close`: the request left the connection in a state not worth
+/// keeping (a URI or body the gateway refused).
 pub(crate) fn with_close(mut r: Response<GwBody>) -> Response<GwBody> {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -41,7 +64,7 @@ pub(crate) fn respond<C: PluginChain>(
     mut resp: Response<GwBody>,
 ) -> Response<GwBody> {
     if let Some(quota) = quota {
-        limit::add_quota(&mut resp, quota);
+        add_quota(&mut resp, quota);
     }
     let resp = finish_resp(route, plugin_req, resp);
     match (&route.gzip, &at.gzip_ask) {

@@ -1,11 +1,10 @@
 //! The compiled route table a worker serves from: built from a `Snapshot` off the hot path and
 //! published atomically (arc-swap), so a config change never blocks or fails a request.
-use crate::config::{RouteConf, Snapshot, TimeoutConf, UpstreamConf};
+use crate::config::{conf_in, CompileError, RouteConf, Snapshot, TimeoutConf, UpstreamConf};
 use crate::limit::key_hash;
 use crate::observe::{NodePool, RouteObs};
 use crate::plugins::limit::{
-    compile_consumer, compile_global, compile_limits, ConsumerLimits, GlobalLimits, LimitCount,
-    LimitReq,
+    compile_consumer, compile_global, compile_limits, ConsumerLimits, Limits,
 };
 use crate::plugins::prometheus::PrometheusConf;
 use crate::proxy::phases::PluginChain;
@@ -13,7 +12,7 @@ use crate::router::{RouteSpec, Router};
 use crate::upstream::lb::{Balancer, LbKind};
 use http::HeaderValue;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,7 @@ pub struct RouteTable<C: PluginChain> {
     /// Native limiters configured on consumers and consumer groups, by username.
     pub consumer_limits: HashMap<String, ConsumerLimits>,
     /// Global rules' `limit-count` / `limit-req`, applied to every routed request.
-    pub global_limits: Vec<GlobalLimits>,
+    pub global_limits: Vec<Limits>,
 }
 
 pub struct CompiledRoute<C: PluginChain> {
@@ -37,8 +36,8 @@ pub struct CompiledRoute<C: PluginChain> {
     pub upstream: Arc<Upstream>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub limit_req: Option<LimitReq>,
-    pub limit_count: Option<LimitCount>,
+    /// The route's `limit-req` / `limit-count` (a consumer's replace them).
+    pub limits: Limits,
     pub chain: Option<Arc<C>>,
     /// Mixed into the seed of limiters whose counters are per route.
     pub seed: u64,
@@ -103,15 +102,6 @@ pub enum HashOn {
     Consumer,
 }
 
-#[derive(Debug)]
-pub struct CompileError(pub String);
-
-impl std::fmt::Display for CompileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.001))
 }
@@ -121,20 +111,6 @@ fn plugin_conf<T: for<'de> Deserialize<'de>>(
     name: &str,
 ) -> Result<Option<T>, CompileError> {
     conf_in(&route.plugins, &format!("routes[{}]", route.id), name)
-}
-
-/// `plugins[name]` parsed; errors read `<label>.plugins.<name>: ...`.
-pub(crate) fn conf_in<T: for<'de> Deserialize<'de>>(
-    plugins: &Map<String, Value>,
-    label: &str,
-    name: &str,
-) -> Result<Option<T>, CompileError> {
-    match plugins.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| CompileError(format!("{label}.plugins.{name}: {e}"))),
-    }
 }
 
 fn compile_upstream(route_id: &str, u: &UpstreamConf) -> Result<Upstream, CompileError> {
@@ -227,8 +203,7 @@ fn compile_route<C: PluginChain>(
         .ok_or_else(|| CompileError(format!("routes[{}].upstream: required", r.id)))?;
     let upstream = compile_upstream(&r.id, u)?;
     let t: TimeoutConf = r.timeout.or(u.timeout).unwrap_or_default();
-    let (limit_req, limit_count) =
-        compile_limits(&r.plugins, &format!("routes[{}]", r.id), ("", ""))?;
+    let limits = compile_limits(&r.plugins, &format!("routes[{}]", r.id), ("", ""))?;
     let real_ip = match r.plugins.get("real-ip") {
         None | Some(Value::Null) => None,
         Some(v) => Some(
@@ -256,8 +231,7 @@ fn compile_route<C: PluginChain>(
         upstream: Arc::new(upstream),
         connect_timeout: secs(t.connect),
         read_timeout: secs(t.read),
-        limit_req,
-        limit_count,
+        limits,
         chain,
         seed: key_hash(&[r.id.as_bytes()]),
         obs: Arc::new(obs),
@@ -395,8 +369,8 @@ mod tests {
         }))
         .unwrap();
         let (a, b) = (&t.routes[0], &t.routes[1]);
-        let pick = |who: Option<&str>, r| {
-            ConsumerLimits::effective(&t.consumer_limits, who, r)
+        let pick = |who: Option<&str>, r: &CompiledRoute<_>| {
+            ConsumerLimits::effective(&t.consumer_limits, who, &r.limits)
                 .0
                 .map(|l| (l.count, l.seed(r.seed)))
         };

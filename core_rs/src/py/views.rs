@@ -142,8 +142,8 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             (
-                crate::proxy::vars::form_decode(k),
-                crate::proxy::vars::form_decode(v),
+                crate::router::reqvars::form_decode(k),
+                crate::router::reqvars::form_decode(v),
             )
         })
         .collect()

@@ -57,6 +57,7 @@ use std::net::IpAddr;
 
 mod ip;
 mod path;
+pub mod reqvars;
 mod tree;
 mod vars;
 
@@ -65,6 +66,7 @@ mod tests;
 
 use ip::IpSet;
 use path::{ParamPattern, UriKind};
+pub use reqvars::ReqVars;
 use vars::Expr;
 
 /// One route as the router sees it (built by the caller from the config snapshot).
@@ -82,7 +84,7 @@ pub struct RouteSpec {
     pub priority: i64,
 }
 
-/// Request-side variables for `vars` (the caller implements it over the real request).
+/// Request-side variables for `vars`; [`ReqVars`] reads them from a request (tests use maps).
 pub trait VarSource {
     /// Names like "arg_foo", "http_x_api_key", "cookie_session", "uri", "host",
     /// "remote_addr", "request_method"; None when absent.

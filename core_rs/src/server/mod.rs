@@ -73,9 +73,10 @@ pub trait ResponseBody: Body<Data = Bytes, Error = BoxError> + Unpin + 'static {
     }
 }
 
-/// A response the server makes itself: `status` with `{"error_msg": reason}` as JSON. Every error
+/// A response the gateway makes itself: `status` with `{"error_msg": reason}` as JSON. Every error
 /// the server answers on its own (400/408/413/414/431/505 on HTTP/1, framing errors on HTTP/2) is
-/// built here.
+/// built here, and so are the request path's (404, 502, 504, a limiter's refusal, ...): the proxy
+/// calls this with its own body type.
 pub fn error_response<B: ResponseBody>(status: StatusCode, reason: &str) -> Response<B> {
     let mut r = Response::new(B::full(Bytes::from(error_body(reason))));
     *r.status_mut() = status;

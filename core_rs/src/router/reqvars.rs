@@ -1,6 +1,11 @@
 //! Request variables in APISIX/nginx naming (`arg_x`, `http_x_y`, `cookie_x`, `uri`, `host`,
 //! `remote_addr`, `request_method`, `scheme`), read lazily from the request being routed.
-use crate::router::VarSource;
+//!
+//! Here, next to the [`VarSource`] trait it implements, rather than with the proxy: the router's
+//! `vars` expressions, the proxy (routing, chash) and the native plugins (limiter keys, real-ip's
+//! source) all read them, and the plugins sit below the proxy (docs/architecture.md, "The Rust
+//! core").
+use super::VarSource;
 use http::HeaderMap;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -83,9 +88,7 @@ impl VarSource for ReqVars<'_> {
         match name {
             "uri" => Some(Cow::Borrowed(self.path)),
             "host" => Some(Cow::Borrowed(self.host)),
-            "remote_addr" => Some(Cow::Owned(crate::observe::accesslog::ip_string(
-                self.remote,
-            ))),
+            "remote_addr" => Some(Cow::Owned(crate::http1::ip_string(self.remote))),
             "request_method" => Some(Cow::Borrowed(self.method)),
             "scheme" => Some(Cow::Borrowed(self.scheme)),
             "args" | "query_string" => self.query.map(Cow::Borrowed),
