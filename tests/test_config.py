@@ -183,10 +183,12 @@ def test_full_config_round_trip() -> None:
                 "plugins": {"limit-count": {"count": 10, "time_window": 60}},
             }
         ],
+        # The global rule's native limiter runs as the rule's own (one counter across routes).
+        "global_limits": [{"id": "1", "plugins": {"limit-count": {"count": 5, "time_window": 60}}}],
     }
     # Python plugins: service's echo (2000) + plugin_config's add-header (1000), highest priority first.
     assert [(cls, conf) for cls, conf in py["r1"]] == [(Echo, Echo.Config()), (AddHeader, AddHeader.Config("x-pc"))]
-    # Global rules: Python plugins only (the native limit-count is ignored for now).
+    # Global rules' Python plugins (their native limit-count is in `global_limits` above).
     assert glob == [(Echo, Echo.Config(body="g"))]
 
 
