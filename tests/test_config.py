@@ -139,7 +139,7 @@ FULL = {
             "service_id": "s1",
             "plugin_config_id": "pc1",
             "timeout": {"connect": 2, "send": 3, "read": 4},
-            "enable_websocket": True,
+            "enable_websocket": False,
             "plugins": {"limit-count": {"count": 10}},
         }
     ],
@@ -426,6 +426,32 @@ def test_unknown_fields_on_other_objects() -> None:
     ]
 
 
+def test_fields_the_data_plane_does_not_implement_are_refused_by_name() -> None:
+    errors = errors_of(
+        {
+            "routes": [
+                route(id="ws", enable_websocket=True),
+                route(id="off", enable_websocket=False),
+                route(id="meta", plugins={"echo": {"_meta": {"disable": False, "priority": 5}}}),
+            ],
+            "services": [{"id": "s", "upstream": UP, "enable_websocket": True}],
+            "upstreams": [
+                {"id": "hc", "nodes": {"127.0.0.1:80": 1}, "checks": {"active": {"type": "http"}}},
+                {"id": "kp", "nodes": {"127.0.0.1:80": 1}, "keepalive_pool": {"size": 10}},
+                {"id": "rt", "nodes": {"127.0.0.1:80": 1}, "retry_timeout": 3},
+            ],
+        }
+    )
+    assert errors == [
+        "routes[ws].enable_websocket: not supported",
+        "routes[meta].plugins.echo._meta.priority: not supported",
+        "services[s].enable_websocket: not supported",
+        "upstreams[hc].checks: not supported",
+        "upstreams[kp].keepalive_pool: not supported",
+        "upstreams[rt].retry_timeout: not supported",
+    ]
+
+
 def test_unknown_top_level_keys() -> None:
     assert errors_of({"routez": [], "ssls": []}) == [
         f"routez: unknown top-level key {KNOWN}",
@@ -547,7 +573,7 @@ def test_meta_disable() -> None:
                 "plugins": {
                     "echo": {"_meta": {"disable": True}},
                     "add-header": {"header": "h", "_meta": {"disable": True}},
-                    "limit-count": {"count": 4, "_meta": {"disable": False, "priority": 1}},
+                    "limit-count": {"count": 4, "_meta": {"disable": False}},
                 },
             }
         ],

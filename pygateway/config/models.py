@@ -63,7 +63,8 @@ class Upstream(Strict):
     name: Name | None = None
     desc: Desc | None = None
     labels: Labels | None = None
-    # Accepted for compatibility, not acted on by the data plane yet.
+    # APISIX fields the data plane does not implement: declared so that `unsupported_fields` can
+    # refuse them by name ("not supported") instead of "unknown field".
     checks: dict[str, Any] | None = None
     keepalive_pool: dict[str, Any] | None = None
     retry_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
@@ -97,7 +98,7 @@ class Route(Strict):
     plugin_config_id: Id | None = None
     timeout: Timeout | None = None
     status: Literal[0, 1] = 1
-    enable_websocket: bool | None = None  # accepted, ignored
+    enable_websocket: bool | None = None  # only false: `unsupported_fields` refuses true
     name: Name | None = None
     desc: Desc | None = None
     labels: Labels | None = None

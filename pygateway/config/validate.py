@@ -26,12 +26,15 @@ Choices where APISIX is silent or where we are deliberately more lenient (docume
   with one counter per key across all routes, as APISIX keys a global rule's counter by the rule).
 - consumer plugin confs are validated with the plugin class's `ConsumerConfig` struct when it defines
   one (APISIX's `consumer_schema`), else with `parse_config`.
-- `_meta` keys other than `disable` (priority, filter, error_response) are accepted and ignored.
+- `_meta` keys other than `disable` (priority, filter, error_response) are refused as not supported.
 - `consumer_groups` (id, name, desc, labels, plugins) are supported; a consumer's `group_id` must name
   one. Their plugin confs are route-style confs (validated with `parse_config`), merged into a route's
   plugins when a consumer of the group is identified (see `pygateway.worker.host.ConsumerTable`).
-- upstream `checks`, `keepalive_pool`, `retry_timeout` are accepted and ignored; service discovery,
-  route `filter_func`/`script` and `grpc(s)` schemes are rejected (unknown field / invalid value).
+- fields APISIX has and the data plane does not implement are refused, naming the field: upstream
+  `checks`, `keepalive_pool`, `retry_timeout`, and `enable_websocket: true` on routes and services
+  (`false`, APISIX's default, is what the data plane does: an upgrade is proxied as a plain request);
+  service discovery, route `filter_func`/`script` and `grpc(s)` schemes are rejected too (unknown
+  field / invalid value).
 - `#END` (which APISIX waits for before reloading) is optional: it is just a YAML comment here.
 - errors come per collection in the order routes, services, upstreams, consumers, global_rules,
   plugin_configs, consumer_groups, then cross-reference errors; references to objects that failed validation
@@ -292,6 +295,7 @@ def _validate_object(
         return None
     if isinstance(obj, Route):
         errors += _route_errors(label, obj)
+    errors += [f"{label}.{name}: not supported" for name in unsupported_fields(obj)]
     obj.plugins = plugins
     if upstream is not None:
         obj.upstream = upstream
@@ -349,8 +353,29 @@ def _upstream_problems(up: Upstream) -> Iterator[tuple[str, str]]:
         yield "upstream_host", 'required when pass_host is "rewrite"'
     if up.type == "chash" and not up.key:
         yield "key", 'required when type is "chash"'
+    for name in unsupported_fields(up):
+        yield name, "not supported"
     if up.id is not None:
         up.id = str(up.id)
+
+
+# Fields of APISIX's schema that the models declare but the data plane does not implement, with the
+# value that means "off" (what the data plane does). Any other value is refused.
+_UNSUPPORTED: dict[str, object] = {
+    "enable_websocket": False,
+    "checks": None,
+    "keepalive_pool": None,
+    "retry_timeout": None,
+}
+
+
+def unsupported_fields(obj: Any) -> list[str]:
+    """The names of `obj`'s fields set to something the data plane would ignore."""
+    return [
+        name
+        for name, off in _UNSUPPORTED.items()
+        if name in obj.__struct_fields__ and getattr(obj, name) not in (None, off)
+    ]
 
 
 def _parse_node_addr(addr: str, weight: int, scheme: str) -> Node | None:
@@ -413,6 +438,11 @@ def _validate_plugin(
     disabled = meta.get("disable", False) if isinstance(meta, dict) else None
     if not isinstance(disabled, bool):
         errors.append(f"{label}._meta: expected object with boolean disable")
+        return None
+    # APISIX's other `_meta` keys (priority, filter, error_response, ...) are not implemented.
+    unsupported = sorted(k for k in meta if k != "disable")
+    if unsupported:
+        errors += [f"{label}._meta.{k}: not supported" for k in unsupported]
         return None
     schema = getattr(cls, "ConsumerConfig", None) if consumer else None
     try:
