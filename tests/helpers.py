@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -167,19 +167,25 @@ def get(
         conn.close()
 
 
-def listen_inodes(port: int) -> set[str]:
-    """Socket inodes of TCP listeners on `port` (state 0A), from /proc/net/tcp{,6}."""
-    inodes: set[str] = set()
+def tcp_sockets() -> Iterator[list[str]]:
+    """The rows of /proc/net/tcp{,6}, split: [1] local, [2] remote address, [3] state, [9] inode."""
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(name).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
-            f = line.split()
-            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(f[9])
-    return inodes
+            yield line.split()
+
+
+def listen_inodes(port: int) -> set[str]:
+    """Socket inodes of TCP listeners on `port` (state 0A)."""
+    return {f[9] for f in tcp_sockets() if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port}
+
+
+def established_to(port: int) -> int:
+    """Number of established TCP connections (state 01) whose remote port is `port`."""
+    return sum(1 for f in tcp_sockets() if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port)
 
 
 def socket_inodes(pid: int) -> set[str]:

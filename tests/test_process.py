@@ -28,6 +28,7 @@ import pytest
 from helpers import (
     ROOT,
     Gateway,
+    established_to,
     get,
     listen_inodes,
     listening_workers,
@@ -51,21 +52,6 @@ def is_dead(pid: int) -> bool:
     except OSError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def established_to(port: int) -> int:
-    """Number of established TCP connections whose remote port is `port` (4 = ESTABLISHED is 01)."""
-    n = 0
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(name).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port:
-                n += 1
-    return n
 
 
 def count_in_log(gw: Gateway, needle: str) -> int:
