@@ -33,6 +33,9 @@ pub struct Limits {
 
 impl ConsumerLimits {
     /// The limiters that apply to a request of `consumer` on a route with limiters `route`.
+    /// Inlined: called on every routed request, and the plain route's answer is two `None`s
+    /// (out of line it cost ~30 instructions a request, callgrind).
+    #[inline]
     pub fn effective<'a>(
         table: &'a HashMap<String, ConsumerLimits>,
         consumer: Option<&str>,
